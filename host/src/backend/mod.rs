@@ -1,0 +1,53 @@
+//! Result backends. The worker sees a backend only through [`ResultBackend`].
+
+pub mod sql;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::config::BackendUrl;
+use crate::protocol::TaskResult;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("result backend connection failed: {0}")]
+    Connection(String),
+    #[error("result backend operation failed: {0}")]
+    Operation(String),
+    #[error("stored result for {task_id} cannot be read: {reason}")]
+    Corrupt { task_id: String, reason: String },
+}
+
+/// Where task states and results go, in Celery's layout for that store.
+#[async_trait]
+pub trait ResultBackend: Send + Sync {
+    /// Store a state. A stored SUCCESS is never overwritten (a redelivered duplicate
+    /// must not replace the first result).
+    async fn store(&self, result: &TaskResult) -> Result<(), BackendError>;
+
+    /// The latest stored state of a task, if any.
+    async fn get(&self, task_id: &str) -> Result<Option<TaskResult>, BackendError>;
+
+    /// Wait until the task is ready (SUCCESS, FAILURE, REVOKED) or `timeout` passes,
+    /// returning the last state seen. Backends with push notification override this.
+    async fn wait(&self, task_id: &str, timeout: Duration) -> Result<Option<TaskResult>, BackendError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let current = self.get(task_id).await?;
+            let ready = current.as_ref().is_some_and(|r| r.state.is_ready());
+            if ready || tokio::time::Instant::now() >= deadline {
+                return Ok(current);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Open the backend a URL names.
+pub async fn open(url: &BackendUrl) -> Result<Arc<dyn ResultBackend>, BackendError> {
+    match url {
+        BackendUrl::Sqlite(path) => Ok(Arc::new(sql::SqlBackend::open_sqlite(path).await?)),
+    }
+}

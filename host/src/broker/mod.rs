@@ -1,0 +1,70 @@
+//! Message brokers. The worker sees a broker only through [`Broker`].
+//!
+//! AMQP is native and implements the trait directly. Every other store (SQLite, Redis,
+//! SQS, Zookeeper) is a small [`virtual_transport::Store`] under the shared
+//! [`virtual_transport::VirtualBroker`], which holds kombu's virtual-transport semantics
+//! once: the envelope, delivery tags, the unacked set, leases and their restore.
+
+pub mod sqlite;
+pub mod virtual_transport;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::config::BrokerUrl;
+use crate::protocol::Message;
+
+/// A message handed to the worker, with what it takes to acknowledge it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message: Message,
+    /// The queue it was taken from.
+    pub queue: String,
+    /// Broker-local handle for ack / reject; unique within one broker connection.
+    pub tag: u64,
+    /// True when the message was delivered before and not acknowledged.
+    pub redelivered: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker connection failed: {0}")]
+    Connection(String),
+    #[error("broker operation failed: {0}")]
+    Operation(String),
+    #[error("unknown delivery tag {0} (already acknowledged?)")]
+    UnknownTag(u64),
+}
+
+/// What the worker needs from any broker.
+#[async_trait]
+pub trait Broker: Send + Sync {
+    /// Make sure the queues exist.
+    async fn declare(&self, queues: &[String]) -> Result<(), BrokerError>;
+    /// Wait up to `wait` for messages from `queues`, returning at most `max` (possibly none).
+    /// Taken messages stay reserved for this worker until acked or rejected.
+    async fn receive(&self, queues: &[String], max: usize, wait: Duration) -> Result<Vec<Delivery>, BrokerError>;
+    /// The task is done: forget the message.
+    async fn ack(&self, delivery: &Delivery) -> Result<(), BrokerError>;
+    /// Give the message back (`requeue`) or drop it.
+    async fn reject(&self, delivery: &Delivery, requeue: bool) -> Result<(), BrokerError>;
+    /// Publish to a queue through the default exchange, as Celery clients do.
+    async fn publish(&self, queue: &str, message: &Message) -> Result<(), BrokerError>;
+    /// Drop every waiting message in a queue; returns how many.
+    async fn purge(&self, queue: &str) -> Result<u64, BrokerError>;
+    /// Put everything still reserved back on its queue (warm shutdown).
+    async fn close(&self) -> Result<(), BrokerError>;
+}
+
+/// Open the broker a URL names. `options` are Celery's `broker_transport_options`.
+pub async fn open(url: &BrokerUrl, options: &HashMap<String, String>) -> Result<Arc<dyn Broker>, BrokerError> {
+    match url {
+        BrokerUrl::Sqlite(path) => {
+            let store = sqlite::SqliteStore::open(path).await?;
+            Ok(virtual_transport::VirtualBroker::start(store, options)?)
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! The command line: one file per subcommand. Every flag can also come from the
+//! environment (named beside it in `--help`) or from the TOML file given by `--config`;
+//! flags beat the environment, which beats the file.
+
+mod call;
+mod logging;
+mod plugins;
+mod purge;
+mod result;
+mod worker;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{parse_transport_options, BackendUrl, BrokerUrl, FileConfig, DEFAULT_URL};
+
+#[derive(Debug, Parser)]
+#[command(name = "celeriac", version, about = "Run Celery tasks as sandboxed WebAssembly components")]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// TOML config file; its keys mirror these flags.
+    #[arg(long, global = true, env = "CELERIAC_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Broker URL (default: the embedded SQLite file sqlite://celeriac.db).
+    #[arg(short = 'b', long, global = true, env = "CELERY_BROKER_URL")]
+    pub broker: Option<String>,
+    /// Result backend URL (default: the embedded SQLite file sqlite://celeriac.db).
+    #[arg(long, global = true, env = "CELERY_RESULT_BACKEND")]
+    pub result_backend: Option<String>,
+    /// A broker transport option, KEY=VALUE, as Celery's broker_transport_options (repeatable).
+    #[arg(long = "broker-transport-option", global = true, value_name = "KEY=VALUE")]
+    pub broker_transport_options: Vec<String>,
+    /// Log format: text or json.
+    #[arg(long, global = true, env = "CELERIAC_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Log level (error, warn, info, debug, trace) or a tracing filter; RUST_LOG also works.
+    #[arg(short = 'l', long, global = true, env = "CELERIAC_LOGLEVEL", default_value = "info")]
+    pub loglevel: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the worker until SIGTERM / SIGINT.
+    Worker(worker::WorkerArgs),
+    /// Publish one task in Celery's format.
+    Call(call::CallArgs),
+    /// Read a task's result from the backend.
+    Result(result::ResultArgs),
+    /// List, check plugins.
+    Plugins(plugins::PluginsArgs),
+    /// Drop the messages waiting in queues.
+    Purge(purge::PurgeArgs),
+}
+
+/// Broker, backend and options, resolved from flags, environment and file.
+pub struct Connection {
+    pub broker: BrokerUrl,
+    pub backend: BackendUrl,
+    pub transport_options: HashMap<String, String>,
+}
+
+impl CommonArgs {
+    pub fn file(&self) -> anyhow::Result<FileConfig> {
+        match &self.config {
+            Some(path) => Ok(FileConfig::load(path)?),
+            None => Ok(FileConfig::default()),
+        }
+    }
+
+    pub fn connection(&self, file: &FileConfig) -> anyhow::Result<Connection> {
+        let broker = self.broker.clone().or_else(|| file.broker.clone()).unwrap_or_else(|| DEFAULT_URL.into());
+        let backend = self
+            .result_backend
+            .clone()
+            .or_else(|| file.result_backend.clone())
+            .unwrap_or_else(|| DEFAULT_URL.into());
+        let mut transport_options = file.transport_options();
+        transport_options.extend(parse_transport_options(&self.broker_transport_options)?);
+        Ok(Connection {
+            broker: BrokerUrl::parse(&broker)?,
+            backend: BackendUrl::parse(&backend)?,
+            transport_options,
+        })
+    }
+}
+
+/// Run a parsed command line; errors are printed for a person to act on.
+pub fn run(cli: Cli) -> ExitCode {
+    match run_inner(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_inner(cli: Cli) -> anyhow::Result<ExitCode> {
+    let file = cli.common.file()?;
+    let format = cli.common.log_format.clone().or_else(|| file.log_format.clone());
+    logging::init(&cli.common.loglevel, format.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Worker(args) => worker::run(&cli.common, &file, args).await,
+            Command::Call(args) => call::run(&cli.common, &file, args).await,
+            Command::Result(args) => result::run(&cli.common, &file, args).await,
+            Command::Plugins(args) => plugins::run(&file, args).await,
+            Command::Purge(args) => purge::run(&cli.common, &file, args).await,
+        }
+    })
+}

@@ -1,0 +1,95 @@
+//! `celeriac worker`: run the host as a service until SIGTERM / SIGINT.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Args;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use super::CommonArgs;
+use crate::config::{default_hostname, FileConfig};
+use crate::runtime::{cache::default_cache_dir, watcher, Runtime};
+use crate::worker::{Worker, WorkerConfig};
+use crate::{backend, broker};
+
+/// The plugin folder when none is given.
+pub const DEFAULT_PLUGINS: &str = "plugins.d";
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Folder of plugin components (*.wasm, with optional NAME.toml manifests).
+    #[arg(long, env = "CELERIAC_PLUGINS")]
+    pub plugins: Option<PathBuf>,
+    /// Queues to consume, comma separated (default: celery).
+    #[arg(short = 'Q', long, env = "CELERIAC_QUEUES", value_delimiter = ',')]
+    pub queues: Vec<String>,
+    /// Task slots (default: the number of CPUs).
+    #[arg(short = 'c', long, env = "CELERIAC_CONCURRENCY")]
+    pub concurrency: Option<usize>,
+    /// Node name (default: celeriac@HOST).
+    #[arg(short = 'n', long, env = "CELERIAC_HOSTNAME")]
+    pub hostname: Option<String>,
+    /// Messages reserved per slot (default 4, as Celery).
+    #[arg(long, env = "CELERIAC_PREFETCH_MULTIPLIER")]
+    pub prefetch_multiplier: Option<usize>,
+    /// Store name, args, kwargs, worker, retries and queue with results (Celery's result_extended).
+    #[arg(long, env = "CELERIAC_RESULT_EXTENDED")]
+    pub result_extended: bool,
+}
+
+pub async fn run(common: &CommonArgs, file: &FileConfig, args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let connection = common.connection(file)?;
+    let plugins = args.plugins.or_else(|| file.plugins.clone()).unwrap_or_else(|| DEFAULT_PLUGINS.into());
+    let concurrency = args
+        .concurrency
+        .or(file.concurrency)
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        .max(1);
+    let queues = if !args.queues.is_empty() {
+        args.queues
+    } else {
+        file.queues.clone().unwrap_or_else(|| vec!["celery".into()])
+    };
+    let config = WorkerConfig {
+        hostname: args.hostname.or_else(|| file.hostname.clone()).unwrap_or_else(default_hostname),
+        queues,
+        concurrency,
+        prefetch_multiplier: args.prefetch_multiplier.or(file.prefetch_multiplier).unwrap_or(4),
+        result_extended: args.result_extended || file.result_extended.unwrap_or(false),
+    };
+
+    let runtime = Arc::new(Runtime::new(concurrency, default_cache_dir())?);
+    let stamps = runtime.load_dir(&plugins)?;
+    if runtime.registry.task_names().is_empty() {
+        tracing::warn!(plugins = %plugins.display(), "no tasks loaded yet; drop .wasm files into the plugin folder");
+    }
+    tokio::spawn(watcher::watch(runtime.clone(), plugins.clone(), stamps));
+
+    let broker = broker::open(&connection.broker, &connection.transport_options)
+        .await
+        .context("cannot open the broker")?;
+    let backend = backend::open(&connection.backend).await.context("cannot open the result backend")?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(handle_signals(stop_tx));
+    Worker::new(config, broker, backend, runtime).run(stop_rx).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// First SIGTERM / SIGINT: warm shutdown. Second: stop at once; late-acked messages
+/// are redelivered by the broker.
+async fn handle_signals(stop: watch::Sender<bool>) {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop the worker with SIGKILL");
+        return;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::info!("shutdown requested (again to stop at once)");
+    let _ = stop.send(true);
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::warn!("cold shutdown: stopping now; unacknowledged messages will be delivered again");
+    std::process::exit(1);
+}

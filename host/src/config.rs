@@ -1,0 +1,157 @@
+//! One configuration from a TOML file, the environment and command-line flags (in rising
+//! precedence), and the URL → broker / backend kind mapping.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The embedded default when no broker or backend is named.
+pub const DEFAULT_URL: &str = "sqlite://celeriac.db";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("unsupported {what} URL {url:?}: {hint}")]
+    Url { what: &'static str, url: String, hint: String },
+    #[error("cannot read config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("bad --broker-transport-option {0:?}: expected KEY=VALUE")]
+    TransportOption(String),
+}
+
+/// A broker, by the URL that names it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BrokerUrl {
+    /// `sqlite://FILE`, `sqla+sqlite:///FILE` (four slashes for an absolute path).
+    Sqlite(PathBuf),
+}
+
+/// A result backend, by the URL that names it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackendUrl {
+    /// `sqlite://FILE`, `db+sqlite:///FILE`.
+    Sqlite(PathBuf),
+}
+
+const BROKERS_SUPPORTED: &str = "supported: sqlite://FILE, sqla+sqlite:///FILE";
+const BACKENDS_SUPPORTED: &str = "supported: sqlite://FILE, db+sqlite:///FILE";
+
+/// SQLAlchemy's reading of a SQLite URL: after `scheme://`, one `/` separates the (empty)
+/// host from the path, so `///rel.db` is relative and `////abs.db` is absolute. The
+/// short form `sqlite://rel.db` is relative too.
+fn sqlite_path(rest: &str) -> Option<PathBuf> {
+    let path = rest.strip_prefix('/').unwrap_or(rest);
+    let path = path.split('?').next().unwrap_or(path);
+    (!path.is_empty()).then(|| PathBuf::from(path))
+}
+
+impl BrokerUrl {
+    pub fn parse(url: &str) -> Result<BrokerUrl, ConfigError> {
+        let error = |hint: &str| ConfigError::Url { what: "broker", url: url.to_owned(), hint: hint.to_owned() };
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| error(BROKERS_SUPPORTED))?;
+        match scheme {
+            "sqlite" | "sqla+sqlite" => sqlite_path(rest)
+                .map(BrokerUrl::Sqlite)
+                .ok_or_else(|| error("the URL names no database file")),
+            "amqp" | "amqps" | "pyamqp" | "redis" | "rediss" | "sqs" | "zookeeper" => {
+                Err(error(&format!("the {scheme} broker is not built yet; {BROKERS_SUPPORTED}")))
+            }
+            _ => Err(error(BROKERS_SUPPORTED)),
+        }
+    }
+}
+
+impl BackendUrl {
+    pub fn parse(url: &str) -> Result<BackendUrl, ConfigError> {
+        let error = |hint: &str| ConfigError::Url { what: "result backend", url: url.to_owned(), hint: hint.to_owned() };
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| error(BACKENDS_SUPPORTED))?;
+        match scheme {
+            "sqlite" | "db+sqlite" => sqlite_path(rest)
+                .map(BackendUrl::Sqlite)
+                .ok_or_else(|| error("the URL names no database file")),
+            "redis" | "rediss" | "rpc" | "db+postgresql" | "db+mysql" => {
+                Err(error(&format!("the {scheme} backend is not built yet; {BACKENDS_SUPPORTED}")))
+            }
+            _ => Err(error(BACKENDS_SUPPORTED)),
+        }
+    }
+}
+
+/// The optional TOML config file; every key mirrors a command-line flag.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub broker: Option<String>,
+    pub result_backend: Option<String>,
+    pub plugins: Option<PathBuf>,
+    pub queues: Option<Vec<String>>,
+    pub concurrency: Option<usize>,
+    pub hostname: Option<String>,
+    pub prefetch_multiplier: Option<usize>,
+    pub result_extended: Option<bool>,
+    pub log_format: Option<String>,
+    #[serde(default)]
+    pub broker_transport_options: HashMap<String, toml::Value>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let file_error = |reason: String| ConfigError::File { path: path.to_owned(), reason };
+        let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+        toml::from_str(&text).map_err(|e| file_error(e.to_string()))
+    }
+
+    /// Transport options as strings, the way they arrive from the command line.
+    pub fn transport_options(&self) -> HashMap<String, String> {
+        self.broker_transport_options
+            .iter()
+            .map(|(k, v)| {
+                let text = match v {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), text)
+            })
+            .collect()
+    }
+}
+
+/// Parse `KEY=VALUE` pairs given with `--broker-transport-option`.
+pub fn parse_transport_options(pairs: &[String]) -> Result<HashMap<String, String>, ConfigError> {
+    pairs
+        .iter()
+        .map(|pair| {
+            pair.split_once('=')
+                .filter(|(k, _)| !k.is_empty())
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .ok_or_else(|| ConfigError::TransportOption(pair.clone()))
+        })
+        .collect()
+}
+
+/// The default node name, `celeriac@<host>`, as Celery's `celery@<host>`.
+pub fn default_hostname() -> String {
+    format!("celeriac@{}", gethostname::gethostname().to_string_lossy())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_follow_sqlalchemy() {
+        assert_eq!(BrokerUrl::parse("sqlite://celeriac.db").unwrap(), BrokerUrl::Sqlite("celeriac.db".into()));
+        assert_eq!(BrokerUrl::parse("sqla+sqlite:///celeriac.db").unwrap(), BrokerUrl::Sqlite("celeriac.db".into()));
+        assert_eq!(BrokerUrl::parse("sqla+sqlite:////tmp/x.db").unwrap(), BrokerUrl::Sqlite("/tmp/x.db".into()));
+        assert_eq!(BackendUrl::parse("db+sqlite:////tmp/x.db").unwrap(), BackendUrl::Sqlite("/tmp/x.db".into()));
+    }
+
+    #[test]
+    fn wrong_urls_say_what_is_supported() {
+        let err = BrokerUrl::parse("http://x").unwrap_err().to_string();
+        assert!(err.contains("supported"), "{err}");
+        assert!(BrokerUrl::parse("sqlite://").is_err());
+        assert!(parse_transport_options(&["novalue".into()]).is_err());
+        assert_eq!(parse_transport_options(&["a=1".into()]).unwrap()["a"], "1");
+    }
+}

@@ -1,0 +1,14 @@
+//! Celeriac: a native worker host for Celery task queues that runs each task inside a
+//! sandboxed WebAssembly component. See DESIGN.md for the map; the flow of one task is
+//!
+//! broker ─Delivery→ protocol::decode ─TaskRequest→ worker ─→ runtime::execute ─Outcome→ backend
+//!
+//! and each arrow is a plain value defined in the module named at its head.
+
+pub mod backend;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod protocol;
+pub mod runtime;
+pub mod worker;

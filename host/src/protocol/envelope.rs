@@ -1,0 +1,170 @@
+//! A broker-neutral message (body bytes, headers, properties) and kombu's JSON envelope,
+//! the form every virtual transport (SQLite, Redis, SQS, Zookeeper) stores.
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::task::ProtocolError;
+
+/// Where a message was published: kombu's `delivery_info`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryInfo {
+    #[serde(default)]
+    pub exchange: String,
+    #[serde(default)]
+    pub routing_key: String,
+}
+
+/// The message properties Celery sets (AMQP basic properties plus kombu's extras).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Properties {
+    pub correlation_id: Option<String>,
+    pub reply_to: Option<String>,
+    pub delivery_mode: u8,
+    pub priority: u8,
+    pub delivery_info: DeliveryInfo,
+}
+
+/// One message as it travels through any broker.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Message {
+    pub body: Vec<u8>,
+    pub content_type: String,
+    pub content_encoding: String,
+    pub headers: Map<String, Value>,
+    pub properties: Properties,
+}
+
+/// kombu's envelope, field for field (`content-type` with a hyphen, `body` in base64).
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    body: Value,
+    #[serde(rename = "content-encoding", default)]
+    content_encoding: Option<String>,
+    #[serde(rename = "content-type", default)]
+    content_type: Option<String>,
+    #[serde(default)]
+    headers: Option<Map<String, Value>>,
+    #[serde(default)]
+    properties: Option<Map<String, Value>>,
+}
+
+impl Message {
+    /// Encode as kombu's JSON envelope, with a fresh `delivery_tag` as kombu publishers do.
+    pub fn to_envelope_json(&self) -> String {
+        let mut properties = Map::new();
+        if let Some(id) = &self.properties.correlation_id {
+            properties.insert("correlation_id".into(), Value::String(id.clone()));
+        }
+        if let Some(reply_to) = &self.properties.reply_to {
+            properties.insert("reply_to".into(), Value::String(reply_to.clone()));
+        }
+        properties.insert("delivery_mode".into(), self.properties.delivery_mode.into());
+        properties.insert(
+            "delivery_info".into(),
+            serde_json::json!({
+                "exchange": self.properties.delivery_info.exchange,
+                "routing_key": self.properties.delivery_info.routing_key,
+            }),
+        );
+        properties.insert("priority".into(), self.properties.priority.into());
+        properties.insert("body_encoding".into(), "base64".into());
+        properties.insert(
+            "delivery_tag".into(),
+            Value::String(uuid::Uuid::new_v4().to_string()),
+        );
+        let envelope = Envelope {
+            body: Value::String(base64::engine::general_purpose::STANDARD.encode(&self.body)),
+            content_encoding: Some(self.content_encoding.clone()),
+            content_type: Some(self.content_type.clone()),
+            headers: Some(self.headers.clone()),
+            properties: Some(properties),
+        };
+        // Serializing a struct of strings and JSON values cannot fail.
+        serde_json::to_string(&envelope).unwrap_or_default()
+    }
+
+    /// Decode kombu's JSON envelope.
+    pub fn from_envelope_json(text: &str) -> Result<Message, ProtocolError> {
+        let envelope: Envelope = serde_json::from_str(text)
+            .map_err(|e| ProtocolError::Envelope(format!("not a kombu JSON envelope: {e}")))?;
+        let properties = envelope.properties.unwrap_or_default();
+        let body_encoding = properties
+            .get("body_encoding")
+            .and_then(Value::as_str)
+            .unwrap_or("utf-8");
+        let body = match (&envelope.body, body_encoding) {
+            (Value::String(s), "base64") => base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .map_err(|e| ProtocolError::Envelope(format!("body is not valid base64: {e}")))?,
+            (Value::String(s), _) => s.clone().into_bytes(),
+            (other, _) => other.to_string().into_bytes(),
+        };
+        let delivery_info = properties
+            .get("delivery_info")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default();
+        Ok(Message {
+            body,
+            content_type: envelope
+                .content_type
+                .unwrap_or_else(|| "application/json".to_owned()),
+            content_encoding: envelope.content_encoding.unwrap_or_else(|| "utf-8".to_owned()),
+            headers: envelope.headers.unwrap_or_default(),
+            properties: Properties {
+                correlation_id: string_property(&properties, "correlation_id"),
+                reply_to: string_property(&properties, "reply_to"),
+                delivery_mode: small_int(&properties, "delivery_mode", 2),
+                priority: small_int(&properties, "priority", 0),
+                delivery_info,
+            },
+        })
+    }
+}
+
+fn string_property(properties: &Map<String, Value>, key: &str) -> Option<String> {
+    properties
+        .get(key)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+fn small_int(properties: &Map<String, Value>, key: &str, default: u8) -> u8 {
+    properties
+        .get(key)
+        .and_then(Value::as_u64)
+        .map(|v| v.min(255) as u8)
+        .unwrap_or(default)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_round_trips() {
+        let mut message = Message {
+            body: b"[[2, 3], {}, {}]".to_vec(),
+            content_type: "application/json".into(),
+            content_encoding: "utf-8".into(),
+            ..Default::default()
+        };
+        message.headers.insert("task".into(), "math.add".into());
+        message.properties.delivery_info.routing_key = "celery".into();
+        message.properties.priority = 3;
+        let decoded = Message::from_envelope_json(&message.to_envelope_json()).unwrap();
+        assert_eq!(decoded.body, message.body);
+        assert_eq!(decoded.headers, message.headers);
+        assert_eq!(decoded.properties.priority, 3);
+        assert_eq!(decoded.properties.delivery_info.routing_key, "celery");
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for text in ["", "{", "[]", "{\"body\": \"!!!\", \"properties\": {\"body_encoding\": \"base64\"}}"] {
+            assert!(Message::from_envelope_json(text).is_err(), "{text}");
+        }
+    }
+}

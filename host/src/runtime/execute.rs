@@ -1,0 +1,187 @@
+//! Running one task: a fresh instance in a fresh store, the call, and the classification
+//! of whatever happened into an [`Outcome`]. Nothing a guest does can panic the host:
+//! traps, time limits, memory exhaustion and exits all become task failures.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use wasmtime::Store;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{ResourceTable, WasiCtxBuilder};
+
+use super::bindings::{TaskContext, TaskError};
+use super::limits::{Deadline, MemoryLimiter};
+use super::plugin::PluginVersion;
+use super::state::{ProgressSink, TaskState};
+use super::{Runtime, RuntimeError};
+use crate::protocol::ExceptionInfo;
+
+/// Guest output kept per task (the tail is what matters: a panic message, a traceback).
+const OUTPUT_CAP: usize = 64 * 1024;
+/// How much of the guest's stderr goes into a failure's traceback.
+const STDERR_TAIL: usize = 4 * 1024;
+
+/// What to run.
+pub struct Invocation {
+    pub context: TaskContext,
+    pub args_json: String,
+    pub kwargs_json: String,
+    /// Hard and soft limits; `None` falls back to the plugin's manifest.
+    pub time_limit: Option<Duration>,
+    pub soft_time_limit: Option<Duration>,
+    /// Set from another thread to stop the task at the next tick (revoke --terminate).
+    pub cancel: Arc<AtomicBool>,
+    pub progress: Option<ProgressSink>,
+}
+
+/// What came of it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The JSON text the task returned.
+    Success(String),
+    Failure { exc: ExceptionInfo, traceback: Option<String> },
+    Retry { countdown: Option<f64>, max_retries: Option<u32>, reason: Option<String> },
+    Reject { requeue: bool },
+    /// Stopped on request (revoke with terminate).
+    Terminated,
+}
+
+impl Outcome {
+    fn failure(exc_type: &str, exc_module: &str, message: impl Into<String>, traceback: Option<String>) -> Outcome {
+        Outcome::Failure { exc: ExceptionInfo::new(exc_type, exc_module, message), traceback }
+    }
+}
+
+impl Runtime {
+    /// A store for one call into `plugin`, with its grants, limits and deadline.
+    pub(crate) fn new_store(
+        &self,
+        plugin: &PluginVersion,
+        task_id: &str,
+        task_name: &str,
+        deadline: Deadline,
+        progress: Option<ProgressSink>,
+    ) -> Result<(Store<TaskState>, MemoryOutputPipe, MemoryOutputPipe), RuntimeError> {
+        let stdout = MemoryOutputPipe::new(OUTPUT_CAP);
+        let stderr = MemoryOutputPipe::new(OUTPUT_CAP);
+        let mut wasi = WasiCtxBuilder::new();
+        plugin.manifest.apply_grants(&mut wasi)?;
+        wasi.stdout(stdout.clone()).stderr(stderr.clone());
+        let state = TaskState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(plugin.manifest.memory_bytes()),
+            deadline: deadline.clone(),
+            task_id: task_id.to_owned(),
+            task_name: task_name.to_owned(),
+            plugin: plugin.name.clone(),
+            progress,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| Ok(deadline.on_tick()));
+        Ok((store, stdout, stderr))
+    }
+
+    /// Run one task on the calling thread and classify the result.
+    pub fn execute(&self, plugin: &PluginVersion, invocation: Invocation) -> Outcome {
+        let (manifest_hard, manifest_soft) = plugin.manifest.time_limits();
+        let hard = invocation.time_limit.or(manifest_hard);
+        let soft = invocation.soft_time_limit.or(manifest_soft);
+        let deadline = Deadline::new(hard, soft, invocation.cancel.clone());
+        let ctx = &invocation.context;
+        let (mut store, stdout, stderr) =
+            match self.new_store(plugin, &ctx.id, &ctx.name, deadline.clone(), invocation.progress.clone()) {
+                Ok(parts) => parts,
+                Err(err) => return Outcome::failure("PluginError", "celeriac.exceptions", err.to_string(), None),
+            };
+        let result = plugin.pre.instantiate(&mut store).and_then(|instance| {
+            instance
+                .celeriac_task_handler()
+                .call_run(&mut store, ctx, &invocation.args_json, &invocation.kwargs_json)
+        });
+        let out = stdout.contents();
+        if !out.is_empty() {
+            tracing::debug!(task_id = %ctx.id, task = %ctx.name, plugin = %plugin.name,
+                stdout = %String::from_utf8_lossy(&out), "guest output");
+        }
+        if deadline.soft_exceeded.load(Ordering::Relaxed) {
+            tracing::warn!(task_id = %ctx.id, task = %ctx.name, plugin = %plugin.name,
+                soft_limit = ?soft, "task ran past its soft time limit");
+        }
+        match result {
+            Ok(Ok(json)) => Outcome::Success(json),
+            Ok(Err(error)) => from_task_error(error),
+            Err(err) => classify_trap(err, &store, &deadline, hard, &stderr.contents()),
+        }
+    }
+}
+
+fn from_task_error(error: TaskError) -> Outcome {
+    match error {
+        TaskError::Failure(f) => Outcome::Failure {
+            exc: ExceptionInfo::new(&f.exc_type, &f.exc_module, f.message),
+            traceback: f.traceback,
+        },
+        TaskError::Retry(r) => Outcome::Retry { countdown: r.countdown, max_retries: r.max_retries, reason: r.reason },
+        TaskError::Reject(requeue) => Outcome::Reject { requeue },
+    }
+}
+
+fn classify_trap(
+    err: wasmtime::Error,
+    store: &Store<TaskState>,
+    deadline: &Deadline,
+    hard: Option<Duration>,
+    stderr: &[u8],
+) -> Outcome {
+    let stderr_tail = tail(stderr);
+    let traceback = Some(format!("{stderr_tail}\n{err:?}").trim().to_owned());
+    if deadline.cancel.load(Ordering::Relaxed) {
+        return Outcome::Terminated;
+    }
+    if deadline.hard_exceeded.load(Ordering::Relaxed) {
+        let seconds = hard.map(|h| h.as_secs_f64()).unwrap_or_default();
+        return Outcome::Failure {
+            exc: ExceptionInfo {
+                exc_type: "TimeLimitExceeded".into(),
+                exc_module: "billiard.exceptions".into(),
+                exc_message: vec![json!(seconds)],
+            },
+            traceback,
+        };
+    }
+    if store.data().limiter.hit {
+        let cap_mb = store.data().limiter.cap_bytes() >> 20;
+        return Outcome::failure(
+            "MemoryError",
+            "builtins",
+            format!("task exceeded its memory limit of {cap_mb} MiB"),
+            traceback,
+        );
+    }
+    if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return Outcome::failure("SystemExit", "builtins", format!("guest exited with status {}", exit.0), traceback);
+    }
+    let what = match err.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => trap.to_string(),
+        None => format!("{err:#}"),
+    };
+    // The guest's own words (a Rust panic message, a Python traceback) are on stderr.
+    let last_line = stderr_tail
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("note:"))
+        .unwrap_or("");
+    let message = if last_line.is_empty() { what } else { format!("{what}: {last_line}") };
+    Outcome::failure("WasmTrap", "celeriac.exceptions", message, traceback)
+}
+
+fn tail(bytes: &[u8]) -> String {
+    let start = bytes.len().saturating_sub(STDERR_TAIL);
+    String::from_utf8_lossy(&bytes[start..]).into_owned()
+}

@@ -1,0 +1,190 @@
+//! Turning an outcome into stored state and a broker acknowledgement, in that order:
+//! a message is acked only once its result is stored.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::Value;
+
+use super::Shared;
+use crate::broker::Delivery;
+use crate::protocol::result::Extended;
+use crate::protocol::{ExceptionInfo, State, TaskRequest, TaskResult};
+use crate::runtime::{Outcome, ProgressSink};
+
+/// Celery's `default_retry_delay`.
+const DEFAULT_RETRY_DELAY: f64 = 180.0;
+/// Celery's default `max_retries`.
+const DEFAULT_MAX_RETRIES: u32 = 3;
+/// Attempts to store a result before the message is handed back to the broker.
+const STORE_ATTEMPTS: u32 = 4;
+
+pub(super) enum Settle {
+    Ack,
+    Reject { requeue: bool },
+}
+
+/// Ack or reject; a failure here is logged (the broker will redeliver an unacked message).
+pub(super) async fn settle(shared: &Shared, delivery: &Delivery, settle: Settle) {
+    let result = match settle {
+        Settle::Ack => shared.broker.ack(delivery).await,
+        Settle::Reject { requeue } => shared.broker.reject(delivery, requeue).await,
+    };
+    if let Err(err) = result {
+        tracing::error!(queue = %delivery.queue, error = %err, "cannot acknowledge message; it will be delivered again");
+    }
+}
+
+/// Add the fields Celery adds around a stored state.
+pub(super) fn annotate(shared: &Shared, request: &TaskRequest, result: &mut TaskResult) {
+    result.parent_id = request.parent_id.clone();
+    result.group_id = request.group.clone();
+    if shared.config.result_extended {
+        result.extended = Some(Extended {
+            name: request.name.clone(),
+            args: request.args.clone(),
+            kwargs: request.kwargs.clone(),
+            worker: shared.config.hostname.clone(),
+            retries: request.retries,
+            queue: request.queue().to_owned(),
+        });
+    }
+}
+
+/// Store `result` (with bounded retries), then settle the message. If the backend stays
+/// unreachable the message is requeued, not acked: the task will run again rather than
+/// lose its result.
+pub(super) async fn store_then_settle(
+    shared: &Shared,
+    delivery: &Delivery,
+    request: &TaskRequest,
+    result: TaskResult,
+    after: Settle,
+) {
+    if request.ignore_result && result.state == State::Success {
+        settle(shared, delivery, after).await;
+        return;
+    }
+    let mut delay = Duration::from_millis(250);
+    for attempt in 1..=STORE_ATTEMPTS {
+        match shared.backend.store(&result).await {
+            Ok(()) => {
+                settle(shared, delivery, after).await;
+                return;
+            }
+            Err(err) if attempt < STORE_ATTEMPTS => {
+                tracing::warn!(task_id = %request.id, error = %err, attempt, "cannot store result; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(err) => {
+                tracing::error!(task_id = %request.id, error = %err,
+                    "cannot store result; returning the message to the queue");
+            }
+        }
+    }
+    settle(shared, delivery, Settle::Reject { requeue: true }).await;
+}
+
+/// Report what came of running a task.
+pub(super) async fn outcome(
+    shared: &Shared,
+    delivery: &Delivery,
+    request: &TaskRequest,
+    outcome: Outcome,
+    runtime: Duration,
+) {
+    let (id, name) = (request.id.as_str(), request.name.as_str());
+    let secs = runtime.as_secs_f64();
+    let (mut result, after) = match outcome {
+        Outcome::Success(json) => match serde_json::from_str::<Value>(&json) {
+            Ok(value) => {
+                tracing::info!(task_id = %id, task = %name, runtime = secs,
+                    "Task {name}[{id}] succeeded in {secs:.6}s: {}", crate::protocol::repr::repr(&value));
+                (TaskResult::new(id, State::Success, value), Settle::Ack)
+            }
+            Err(err) => failed(request, &ExceptionInfo::new("EncodeError", "kombu.exceptions",
+                format!("task returned invalid JSON: {err}")), None, secs),
+        },
+        Outcome::Failure { exc, traceback } => failed(request, &exc, traceback, secs),
+        Outcome::Retry { countdown, max_retries, reason } => {
+            match retry(shared, request, countdown, max_retries, reason).await {
+                Ok(result) => (result, Settle::Ack),
+                Err(failure) => failure,
+            }
+        }
+        Outcome::Reject { requeue } => {
+            tracing::warn!(task_id = %id, task = %name, requeue, "Task {name}[{id}] rejected by the task");
+            settle(shared, delivery, Settle::Reject { requeue }).await;
+            return;
+        }
+        Outcome::Terminated => {
+            tracing::warn!(task_id = %id, task = %name, "Task {name}[{id}] terminated");
+            let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", "terminated");
+            (TaskResult::new(id, State::Revoked, exc.to_value()), Settle::Ack)
+        }
+    };
+    annotate(shared, request, &mut result);
+    store_then_settle(shared, delivery, request, result, after).await;
+}
+
+fn failed(request: &TaskRequest, exc: &ExceptionInfo, traceback: Option<String>, secs: f64) -> (TaskResult, Settle) {
+    let (id, name) = (request.id.as_str(), request.name.as_str());
+    tracing::error!(task_id = %id, task = %name, runtime = secs, "Task {name}[{id}] raised unexpected: {}", exc.repr());
+    // Celery acks failed tasks too (task_acks_on_failure_or_timeout).
+    (TaskResult::failure(id, exc, traceback), Settle::Ack)
+}
+
+/// Republish the task with `retries + 1` and an ETA, as Celery's `Task.retry` does; past
+/// `max_retries`, fail with `MaxRetriesExceededError`.
+async fn retry(
+    shared: &Shared,
+    request: &TaskRequest,
+    countdown: Option<f64>,
+    max_retries: Option<u32>,
+    reason: Option<String>,
+) -> Result<TaskResult, (TaskResult, Settle)> {
+    let (id, name) = (request.id.as_str(), request.name.as_str());
+    let max_retries = max_retries.unwrap_or(DEFAULT_MAX_RETRIES);
+    if request.retries >= max_retries {
+        let exc = ExceptionInfo::new(
+            "MaxRetriesExceededError",
+            "celery.exceptions",
+            format!("Can't retry {name}[{id}] args:{:?} kwargs:{:?}", request.args, request.kwargs),
+        );
+        return Err(failed(request, &exc, None, 0.0));
+    }
+    let countdown = countdown.filter(|c| c.is_finite() && *c >= 0.0).unwrap_or(DEFAULT_RETRY_DELAY);
+    let mut next = request.clone();
+    next.retries += 1;
+    next.eta = Some(Utc::now() + chrono::Duration::milliseconds((countdown * 1000.0) as i64));
+    if next.parent_id.is_none() {
+        next.parent_id = Some(request.id.clone());
+    }
+    next.origin = Some(shared.config.hostname.clone());
+    if let Err(err) = shared.broker.publish(request.queue(), &next.encode()).await {
+        let exc = ExceptionInfo::new("RetryError", "celeriac.exceptions", format!("cannot republish for retry: {err}"));
+        return Err(failed(request, &exc, None, 0.0));
+    }
+    let message = reason.unwrap_or_else(|| format!("Retry in {countdown}s"));
+    tracing::info!(task_id = %id, task = %name, "Task {name}[{id}] retry: {message}");
+    let exc = ExceptionInfo::new("Retry", "celery.exceptions", message);
+    let mut result = TaskResult::new(id, State::Retry, exc.to_value());
+    result.children = vec![serde_json::json!([[id, null], null])];
+    Ok(result)
+}
+
+/// `update-state` from a guest: stored at once, like Celery's `self.update_state`. It
+/// runs on an executor thread, so it may block on the async backend.
+pub(super) fn progress_sink(shared: &Arc<Shared>, request: &TaskRequest) -> ProgressSink {
+    let handle = tokio::runtime::Handle::current();
+    let backend = shared.backend.clone();
+    let task_id = request.id.clone();
+    Arc::new(move |state: &str, meta: Value| {
+        let result = TaskResult::new(&task_id, State::parse(state), meta);
+        if let Err(err) = handle.block_on(backend.store(&result)) {
+            tracing::warn!(task_id = %task_id, error = %err, "cannot store task progress");
+        }
+    })
+}

@@ -1,0 +1,104 @@
+//! One delivery's way through the worker: decode, check, wait for its ETA and a free slot,
+//! execute, report.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+
+use super::report;
+use super::Shared;
+use crate::broker::Delivery;
+use crate::protocol::{ExceptionInfo, State, TaskRequest, TaskResult};
+use crate::runtime::{Invocation, TaskContext};
+
+pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery) {
+    let request = match TaskRequest::decode(&delivery.message) {
+        Ok(request) => request,
+        Err(err) => {
+            let id = delivery.message.headers.get("id").and_then(|v| v.as_str()).unwrap_or("?");
+            tracing::error!(queue = %delivery.queue, task_id = %id, error = %err, "rejecting malformed message");
+            report::settle(shared, &delivery, report::Settle::Reject { requeue: false }).await;
+            return;
+        }
+    };
+    let (id, name) = (request.id.as_str(), request.name.as_str());
+    tracing::info!(task_id = %id, task = %name, "Task {name}[{id}] received");
+
+    if request.expires.is_some_and(|expires| expires <= Utc::now()) {
+        tracing::info!(task_id = %id, task = %name, "Task {name}[{id}] expired; not running it");
+        let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", "expired");
+        let mut result = TaskResult::new(id, State::Revoked, exc.to_value());
+        report::annotate(shared, &request, &mut result);
+        report::store_then_settle(shared, &delivery, &request, result, report::Settle::Ack).await;
+        return;
+    }
+
+    let Some(plugin) = shared.runtime.registry.lookup(name) else {
+        tracing::error!(task_id = %id, task = %name,
+            "Received unregistered task of type {name:?}. The message has been ignored and discarded.");
+        let exc = ExceptionInfo::new("NotRegistered", "celery.exceptions", name);
+        let result = TaskResult::failure(id, &exc, None);
+        report::store_then_settle(shared, &delivery, &request, result, report::Settle::Reject { requeue: false }).await;
+        return;
+    };
+
+    if let Some(eta) = request.eta {
+        let wait = (eta - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        if !wait.is_zero() && !wait_or_stop(shared, wait).await {
+            report::settle(shared, &delivery, report::Settle::Reject { requeue: true }).await;
+            return;
+        }
+    }
+
+    // A free slot, unless the worker is stopping: then the message goes back unstarted.
+    let slot = tokio::select! {
+        slot = shared.slots.acquire() => slot,
+        _ = stopped(shared.stopping.clone()) => {
+            report::settle(shared, &delivery, report::Settle::Reject { requeue: true }).await;
+            return;
+        }
+    };
+    let Ok(_slot) = slot else { return };
+
+    let invocation = Invocation {
+        context: TaskContext {
+            id: request.id.clone(),
+            name: request.name.clone(),
+            retries: request.retries,
+            root_id: request.root_id.clone(),
+            parent_id: request.parent_id.clone(),
+            group_id: request.group.clone(),
+            hostname: shared.config.hostname.clone(),
+            delivery_queue: delivery.queue.clone(),
+        },
+        args_json: serde_json::to_string(&request.args).unwrap_or_else(|_| "[]".into()),
+        kwargs_json: serde_json::to_string(&request.kwargs).unwrap_or_else(|_| "{}".into()),
+        time_limit: seconds(request.time_limit.0),
+        soft_time_limit: seconds(request.time_limit.1),
+        cancel: Arc::new(AtomicBool::new(false)),
+        progress: Some(report::progress_sink(shared, &request)),
+    };
+    let started = Instant::now();
+    let outcome = shared.executors.run(plugin, invocation).await;
+    report::outcome(shared, &delivery, &request, outcome, started.elapsed()).await;
+}
+
+/// Sleep until `wait` has passed (true) or the worker starts stopping (false).
+async fn wait_or_stop(shared: &Shared, wait: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => true,
+        _ = stopped(shared.stopping.clone()) => false,
+    }
+}
+
+/// Resolves once a warm shutdown has started.
+async fn stopped(mut stopping: tokio::sync::watch::Receiver<bool>) {
+    // An error means the sender is gone, which only happens when the worker is ending.
+    let _ = stopping.wait_for(|stop| *stop).await;
+}
+
+fn seconds(value: Option<f64>) -> Option<Duration> {
+    value.filter(|v| v.is_finite() && *v > 0.0).map(Duration::from_secs_f64)
+}
