@@ -12,7 +12,11 @@ pub const DEFAULT_URL: &str = "sqlite://celeriac.db";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("unsupported {what} URL {url:?}: {hint}")]
-    Url { what: &'static str, url: String, hint: String },
+    Url {
+        what: &'static str,
+        url: String,
+        hint: String,
+    },
     #[error("cannot read config file {path}: {reason}")]
     File { path: PathBuf, reason: String },
     #[error("bad --broker-transport-option {0:?}: expected KEY=VALUE")]
@@ -47,15 +51,19 @@ fn sqlite_path(rest: &str) -> Option<PathBuf> {
 
 impl BrokerUrl {
     pub fn parse(url: &str) -> Result<BrokerUrl, ConfigError> {
-        let error = |hint: &str| ConfigError::Url { what: "broker", url: url.to_owned(), hint: hint.to_owned() };
+        let error = |hint: &str| ConfigError::Url {
+            what: "broker",
+            url: url.to_owned(),
+            hint: hint.to_owned(),
+        };
         let (scheme, rest) = url.split_once("://").ok_or_else(|| error(BROKERS_SUPPORTED))?;
         match scheme {
             "sqlite" | "sqla+sqlite" => sqlite_path(rest)
                 .map(BrokerUrl::Sqlite)
                 .ok_or_else(|| error("the URL names no database file")),
-            "amqp" | "amqps" | "pyamqp" | "redis" | "rediss" | "sqs" | "zookeeper" => {
-                Err(error(&format!("the {scheme} broker is not built yet; {BROKERS_SUPPORTED}")))
-            }
+            "amqp" | "amqps" | "pyamqp" | "redis" | "rediss" | "sqs" | "zookeeper" => Err(error(&format!(
+                "the {scheme} broker is not built yet; {BROKERS_SUPPORTED}"
+            ))),
             _ => Err(error(BROKERS_SUPPORTED)),
         }
     }
@@ -63,15 +71,19 @@ impl BrokerUrl {
 
 impl BackendUrl {
     pub fn parse(url: &str) -> Result<BackendUrl, ConfigError> {
-        let error = |hint: &str| ConfigError::Url { what: "result backend", url: url.to_owned(), hint: hint.to_owned() };
+        let error = |hint: &str| ConfigError::Url {
+            what: "result backend",
+            url: url.to_owned(),
+            hint: hint.to_owned(),
+        };
         let (scheme, rest) = url.split_once("://").ok_or_else(|| error(BACKENDS_SUPPORTED))?;
         match scheme {
             "sqlite" | "db+sqlite" => sqlite_path(rest)
                 .map(BackendUrl::Sqlite)
                 .ok_or_else(|| error("the URL names no database file")),
-            "redis" | "rediss" | "rpc" | "db+postgresql" | "db+mysql" => {
-                Err(error(&format!("the {scheme} backend is not built yet; {BACKENDS_SUPPORTED}")))
-            }
+            "redis" | "rediss" | "rpc" | "db+postgresql" | "db+mysql" => Err(error(&format!(
+                "the {scheme} backend is not built yet; {BACKENDS_SUPPORTED}"
+            ))),
             _ => Err(error(BACKENDS_SUPPORTED)),
         }
     }
@@ -96,7 +108,10 @@ pub struct FileConfig {
 
 impl FileConfig {
     pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
-        let file_error = |reason: String| ConfigError::File { path: path.to_owned(), reason };
+        let file_error = |reason: String| ConfigError::File {
+            path: path.to_owned(),
+            reason,
+        };
         let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
         toml::from_str(&text).map_err(|e| file_error(e.to_string()))
     }
@@ -140,10 +155,22 @@ mod tests {
 
     #[test]
     fn sqlite_urls_follow_sqlalchemy() {
-        assert_eq!(BrokerUrl::parse("sqlite://celeriac.db").unwrap(), BrokerUrl::Sqlite("celeriac.db".into()));
-        assert_eq!(BrokerUrl::parse("sqla+sqlite:///celeriac.db").unwrap(), BrokerUrl::Sqlite("celeriac.db".into()));
-        assert_eq!(BrokerUrl::parse("sqla+sqlite:////tmp/x.db").unwrap(), BrokerUrl::Sqlite("/tmp/x.db".into()));
-        assert_eq!(BackendUrl::parse("db+sqlite:////tmp/x.db").unwrap(), BackendUrl::Sqlite("/tmp/x.db".into()));
+        assert_eq!(
+            BrokerUrl::parse("sqlite://celeriac.db").unwrap(),
+            BrokerUrl::Sqlite("celeriac.db".into())
+        );
+        assert_eq!(
+            BrokerUrl::parse("sqla+sqlite:///celeriac.db").unwrap(),
+            BrokerUrl::Sqlite("celeriac.db".into())
+        );
+        assert_eq!(
+            BrokerUrl::parse("sqla+sqlite:////tmp/x.db").unwrap(),
+            BrokerUrl::Sqlite("/tmp/x.db".into())
+        );
+        assert_eq!(
+            BackendUrl::parse("db+sqlite:////tmp/x.db").unwrap(),
+            BackendUrl::Sqlite("/tmp/x.db".into())
+        );
     }
 
     #[test]

@@ -70,7 +70,10 @@ impl SqliteStore {
         for statement in SCHEMA {
             sqlx::query(statement).execute(&pool).await.map_err(op)?;
         }
-        Ok(SqliteStore { pool, queue_ids: Mutex::new(Default::default()) })
+        Ok(SqliteStore {
+            pool,
+            queue_ids: Mutex::new(Default::default()),
+        })
     }
 
     async fn queue_id(&self, queue: &str) -> Result<i64, BrokerError> {
@@ -87,13 +90,17 @@ impl SqliteStore {
             .fetch_one(&self.pool)
             .await
             .map_err(op)?;
-        self.queue_ids.lock().unwrap_or_else(|e| e.into_inner()).insert(queue.to_owned(), id);
+        self.queue_ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(queue.to_owned(), id);
         Ok(id)
     }
 }
 
 fn row_id(tag: &StoreTag) -> Result<i64, BrokerError> {
-    tag.parse().map_err(|_| BrokerError::Operation(format!("bad SQLite message id {tag:?}")))
+    tag.parse()
+        .map_err(|_| BrokerError::Operation(format!("bad SQLite message id {tag:?}")))
 }
 
 #[async_trait]
@@ -104,12 +111,14 @@ impl Store for SqliteStore {
 
     async fn put(&self, queue: &str, payload: &str, _priority: u8) -> Result<(), BrokerError> {
         let queue_id = self.queue_id(queue).await?;
-        sqlx::query("INSERT INTO kombu_message (visible, timestamp, payload, version, queue_id) VALUES (1, NULL, ?, 1, ?)")
-            .bind(payload)
-            .bind(queue_id)
-            .execute(&self.pool)
-            .await
-            .map_err(op)?;
+        sqlx::query(
+            "INSERT INTO kombu_message (visible, timestamp, payload, version, queue_id) VALUES (1, NULL, ?, 1, ?)",
+        )
+        .bind(payload)
+        .bind(queue_id)
+        .execute(&self.pool)
+        .await
+        .map_err(op)?;
         Ok(())
     }
 

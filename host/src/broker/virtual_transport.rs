@@ -68,7 +68,11 @@ impl Options {
                     .ok()
                     .filter(|v| v.is_finite() && *v > 0.0)
                     .map(Duration::from_secs_f64)
-                    .ok_or_else(|| BrokerError::Connection(format!("transport option {key}={text:?} is not a positive number of seconds"))),
+                    .ok_or_else(|| {
+                        BrokerError::Connection(format!(
+                            "transport option {key}={text:?} is not a positive number of seconds"
+                        ))
+                    }),
             }
         };
         Ok(Options {
@@ -118,8 +122,19 @@ impl<S: Store> VirtualBroker<S> {
                 match Message::from_envelope_json(&payload) {
                     Ok(message) => {
                         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
-                        self.reserved().insert(tag, Reserved { store_tag, queue: queue.clone() });
-                        out.push(Delivery { message, queue: queue.clone(), tag, redelivered: false });
+                        self.reserved().insert(
+                            tag,
+                            Reserved {
+                                store_tag,
+                                queue: queue.clone(),
+                            },
+                        );
+                        out.push(Delivery {
+                            message,
+                            queue: queue.clone(),
+                            tag,
+                            redelivered: false,
+                        });
                     }
                     Err(err) => {
                         let preview: String = payload.chars().take(120).collect();
@@ -190,7 +205,9 @@ impl<S: Store> Broker for VirtualBroker<S> {
     }
 
     async fn publish(&self, queue: &str, message: &Message) -> Result<(), BrokerError> {
-        self.store.put(queue, &message.to_envelope_json(), message.properties.priority).await
+        self.store
+            .put(queue, &message.to_envelope_json(), message.properties.priority)
+            .await
     }
 
     async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {

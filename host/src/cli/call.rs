@@ -67,7 +67,9 @@ pub async fn run(common: &CommonArgs, file: &FileConfig, args: CallArgs) -> anyh
         (None, Some(secs)) => Some(Utc::now() + chrono::Duration::milliseconds((secs * 1000.0) as i64)),
         (None, None) => None,
     };
-    request.expires = args.expires.map(|secs| Utc::now() + chrono::Duration::milliseconds((secs * 1000.0) as i64));
+    request.expires = args
+        .expires
+        .map(|secs| Utc::now() + chrono::Duration::milliseconds((secs * 1000.0) as i64));
     request.time_limit = (args.time_limit, args.soft_time_limit);
 
     let broker = broker::open(&connection.broker, &connection.transport_options).await?;

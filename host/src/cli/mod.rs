@@ -19,7 +19,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{parse_transport_options, BackendUrl, BrokerUrl, FileConfig, DEFAULT_URL};
 
 #[derive(Debug, Parser)]
-#[command(name = "celeriac", version, about = "Run Celery tasks as sandboxed WebAssembly components")]
+#[command(
+    name = "celeriac",
+    version,
+    about = "Run Celery tasks as sandboxed WebAssembly components"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub common: CommonArgs,
@@ -79,7 +83,11 @@ impl CommonArgs {
     }
 
     pub fn connection(&self, file: &FileConfig) -> anyhow::Result<Connection> {
-        let broker = self.broker.clone().or_else(|| file.broker.clone()).unwrap_or_else(|| DEFAULT_URL.into());
+        let broker = self
+            .broker
+            .clone()
+            .or_else(|| file.broker.clone())
+            .unwrap_or_else(|| DEFAULT_URL.into());
         let backend = self
             .result_backend
             .clone()

@@ -51,7 +51,9 @@ pub async fn run(file: &FileConfig, args: PluginsArgs) -> anyhow::Result<ExitCod
     let runtime = Runtime::new(1, default_cache_dir())?;
     match args.command {
         PluginsCommand::List { plugins } => {
-            let dir = plugins.or_else(|| file.plugins.clone()).unwrap_or_else(|| DEFAULT_PLUGINS.into());
+            let dir = plugins
+                .or_else(|| file.plugins.clone())
+                .unwrap_or_else(|| DEFAULT_PLUGINS.into());
             runtime.load_dir(&dir)?;
             let loaded = runtime.registry.plugins();
             if loaded.is_empty() {

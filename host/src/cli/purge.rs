@@ -27,6 +27,12 @@ pub async fn run(common: &CommonArgs, file: &FileConfig, args: PurgeArgs) -> any
     for queue in &queues {
         total += broker.purge(queue).await?;
     }
-    println!("Purged {total} messages from {} known task queue{}.", queues.len(), if queues.len() == 1 { "" } else { "s" });
+    let plural = |n: u64, word: &str| if n == 1 { word.to_owned() } else { format!("{word}s") };
+    println!(
+        "Purged {total} {} from {} known task {}.",
+        plural(total, "message"),
+        queues.len(),
+        plural(queues.len() as u64, "queue")
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -42,7 +42,10 @@ pub struct WorkerArgs {
 
 pub async fn run(common: &CommonArgs, file: &FileConfig, args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let connection = common.connection(file)?;
-    let plugins = args.plugins.or_else(|| file.plugins.clone()).unwrap_or_else(|| DEFAULT_PLUGINS.into());
+    let plugins = args
+        .plugins
+        .or_else(|| file.plugins.clone())
+        .unwrap_or_else(|| DEFAULT_PLUGINS.into());
     let concurrency = args
         .concurrency
         .or(file.concurrency)
@@ -54,7 +57,10 @@ pub async fn run(common: &CommonArgs, file: &FileConfig, args: WorkerArgs) -> an
         file.queues.clone().unwrap_or_else(|| vec!["celery".into()])
     };
     let config = WorkerConfig {
-        hostname: args.hostname.or_else(|| file.hostname.clone()).unwrap_or_else(default_hostname),
+        hostname: args
+            .hostname
+            .or_else(|| file.hostname.clone())
+            .unwrap_or_else(default_hostname),
         queues,
         concurrency,
         prefetch_multiplier: args.prefetch_multiplier.or(file.prefetch_multiplier).unwrap_or(4),
@@ -71,7 +77,9 @@ pub async fn run(common: &CommonArgs, file: &FileConfig, args: WorkerArgs) -> an
     let broker = broker::open(&connection.broker, &connection.transport_options)
         .await
         .context("cannot open the broker")?;
-    let backend = backend::open(&connection.backend).await.context("cannot open the result backend")?;
+    let backend = backend::open(&connection.backend)
+        .await
+        .context("cannot open the result backend")?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(handle_signals(stop_tx));

@@ -70,10 +70,7 @@ impl Message {
         );
         properties.insert("priority".into(), self.properties.priority.into());
         properties.insert("body_encoding".into(), "base64".into());
-        properties.insert(
-            "delivery_tag".into(),
-            Value::String(uuid::Uuid::new_v4().to_string()),
-        );
+        properties.insert("delivery_tag".into(), Value::String(uuid::Uuid::new_v4().to_string()));
         let envelope = Envelope {
             body: Value::String(base64::engine::general_purpose::STANDARD.encode(&self.body)),
             content_encoding: Some(self.content_encoding.clone()),
@@ -107,9 +104,7 @@ impl Message {
             .unwrap_or_default();
         Ok(Message {
             body,
-            content_type: envelope
-                .content_type
-                .unwrap_or_else(|| "application/json".to_owned()),
+            content_type: envelope.content_type.unwrap_or_else(|| "application/json".to_owned()),
             content_encoding: envelope.content_encoding.unwrap_or_else(|| "utf-8".to_owned()),
             headers: envelope.headers.unwrap_or_default(),
             properties: Properties {
@@ -163,7 +158,12 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for text in ["", "{", "[]", "{\"body\": \"!!!\", \"properties\": {\"body_encoding\": \"base64\"}}"] {
+        for text in [
+            "",
+            "{",
+            "[]",
+            "{\"body\": \"!!!\", \"properties\": {\"body_encoding\": \"base64\"}}",
+        ] {
             assert!(Message::from_envelope_json(text).is_err(), "{text}");
         }
     }

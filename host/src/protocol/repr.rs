@@ -58,7 +58,11 @@ fn write_repr(value: &Value, out: &mut String) {
 }
 
 fn write_str(s: &str, out: &mut String) {
-    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
     out.push(quote);
     for c in s.chars() {
         match c {
@@ -87,6 +91,9 @@ mod tests {
         assert_eq!(repr_args(&[json!(2), json!(3)]), "(2, 3)");
         assert_eq!(repr_args(&[json!("a")]), "('a',)");
         assert_eq!(repr_args(&[]), "()");
-        assert_eq!(repr(&json!({"k": [null, true, "it's"]})), "{'k': [None, True, \"it's\"]}");
+        assert_eq!(
+            repr(&json!({"k": [null, true, "it's"]})),
+            "{'k': [None, True, \"it's\"]}"
+        );
     }
 }

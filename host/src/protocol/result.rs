@@ -97,7 +97,11 @@ impl ExceptionInfo {
             Some(other) => vec![other.clone()],
             None => Vec::new(),
         };
-        Some(ExceptionInfo { exc_type, exc_module, exc_message })
+        Some(ExceptionInfo {
+            exc_type,
+            exc_module,
+            exc_message,
+        })
     }
 
     /// `ZeroDivisionError('division by zero')`, as Python prints it.

@@ -81,9 +81,25 @@ pub struct TaskRequest {
 }
 
 const KNOWN_HEADERS: &[&str] = &[
-    "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries",
-    "timelimit", "root_id", "parent_id", "argsrepr", "kwargsrepr", "origin", "ignore_result",
-    "replaced_task_nesting", "stamped_headers", "stamps",
+    "lang",
+    "task",
+    "id",
+    "shadow",
+    "eta",
+    "expires",
+    "group",
+    "group_index",
+    "retries",
+    "timelimit",
+    "root_id",
+    "parent_id",
+    "argsrepr",
+    "kwargsrepr",
+    "origin",
+    "ignore_result",
+    "replaced_task_nesting",
+    "stamped_headers",
+    "stamps",
 ];
 
 impl TaskRequest {
@@ -122,8 +138,7 @@ impl TaskRequest {
         if message.content_type != "application/json" {
             return Err(ProtocolError::ContentType(message.content_type.clone()));
         }
-        let body: Value =
-            serde_json::from_slice(&message.body).map_err(|e| ProtocolError::Body(e.to_string()))?;
+        let body: Value = serde_json::from_slice(&message.body).map_err(|e| ProtocolError::Body(e.to_string()))?;
         if message.headers.contains_key("task") {
             decode_v2(message, body)
         } else {
@@ -143,10 +158,7 @@ impl TaskRequest {
         headers.insert("group".into(), self.group.clone().into());
         headers.insert("group_index".into(), self.group_index.into());
         headers.insert("retries".into(), self.retries.into());
-        headers.insert(
-            "timelimit".into(),
-            json!([self.time_limit.0, self.time_limit.1]),
-        );
+        headers.insert("timelimit".into(), json!([self.time_limit.0, self.time_limit.1]));
         headers.insert("root_id".into(), self.root_id.clone().into());
         headers.insert("parent_id".into(), self.parent_id.clone().into());
         headers.insert("argsrepr".into(), repr_args(&self.args).into());
@@ -255,29 +267,34 @@ fn decode_v2(message: &Message, body: Value) -> Result<TaskRequest, ProtocolErro
         .filter(|(k, _)| !KNOWN_HEADERS.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    build(message, Fields {
-        id: id.clone(),
-        name,
-        args,
-        kwargs,
-        embed,
-        eta: h.get("eta"),
-        expires: h.get("expires"),
-        retries: h.get("retries"),
-        timelimit: h.get("timelimit"),
-        root_id: header_str(h, "root_id").unwrap_or(id),
-        parent_id: header_str(h, "parent_id"),
-        group: header_str(h, "group"),
-        group_index: h.get("group_index").and_then(Value::as_u64),
-        origin: header_str(h, "origin"),
-        ignore_result: h.get("ignore_result").and_then(Value::as_bool).unwrap_or(false),
-        extra_headers,
-    })
+    build(
+        message,
+        Fields {
+            id: id.clone(),
+            name,
+            args,
+            kwargs,
+            embed,
+            eta: h.get("eta"),
+            expires: h.get("expires"),
+            retries: h.get("retries"),
+            timelimit: h.get("timelimit"),
+            root_id: header_str(h, "root_id").unwrap_or(id),
+            parent_id: header_str(h, "parent_id"),
+            group: header_str(h, "group"),
+            group_index: h.get("group_index").and_then(Value::as_u64),
+            origin: header_str(h, "origin"),
+            ignore_result: h.get("ignore_result").and_then(Value::as_bool).unwrap_or(false),
+            extra_headers,
+        },
+    )
 }
 
 fn decode_v1(message: &Message, body: Value) -> Result<TaskRequest, ProtocolError> {
     let Value::Object(map) = body else {
-        return Err(ProtocolError::Format("no `task` header and the body is not a v1 task dict".into()));
+        return Err(ProtocolError::Format(
+            "no `task` header and the body is not a v1 task dict".into(),
+        ));
     };
     let name = map
         .get("task")
@@ -294,24 +311,27 @@ fn decode_v1(message: &Message, body: Value) -> Result<TaskRequest, ProtocolErro
         .or_else(|| map.get("taskset"))
         .and_then(Value::as_str)
         .map(str::to_owned);
-    build(message, Fields {
-        id: id.clone(),
-        name,
-        args: map.get("args").cloned().unwrap_or(json!([])),
-        kwargs: map.get("kwargs").cloned().unwrap_or(json!({})),
-        embed: Embed::from_value(Some(&Value::Object(map.clone()))),
-        eta: map.get("eta"),
-        expires: map.get("expires"),
-        retries: map.get("retries"),
-        timelimit: map.get("timelimit"),
-        root_id: id,
-        parent_id: None,
-        group,
-        group_index: map.get("group_index").and_then(Value::as_u64),
-        origin: None,
-        ignore_result: false,
-        extra_headers: Map::new(),
-    })
+    build(
+        message,
+        Fields {
+            id: id.clone(),
+            name,
+            args: map.get("args").cloned().unwrap_or(json!([])),
+            kwargs: map.get("kwargs").cloned().unwrap_or(json!({})),
+            embed: Embed::from_value(Some(&Value::Object(map.clone()))),
+            eta: map.get("eta"),
+            expires: map.get("expires"),
+            retries: map.get("retries"),
+            timelimit: map.get("timelimit"),
+            root_id: id,
+            parent_id: None,
+            group,
+            group_index: map.get("group_index").and_then(Value::as_u64),
+            origin: None,
+            ignore_result: false,
+            extra_headers: Map::new(),
+        },
+    )
 }
 
 /// The fields both protocol versions carry, before they are checked.

@@ -6,7 +6,7 @@ wasmtime::component::bindgen!({
     world: "plugin",
 });
 
-pub use celeriac::task::types::{Failure, LogLevel, RetryRequest, TaskContext, TaskError, TaskInfo};
+pub use self::celeriac::task::types::{Failure, LogLevel, RetryRequest, TaskContext, TaskError, TaskInfo};
 
 /// The WIT package this host speaks; a plugin must export `celeriac:task/handler` at a
 /// semver-compatible version.

@@ -31,13 +31,15 @@ impl ComponentCache {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let engine_key = format!("{:016x}", hasher.finish());
-        let dir = dir.map(|d| d.join("components")).filter(|d| match create_private_dir(d) {
-            Ok(()) => true,
-            Err(err) => {
-                tracing::warn!(dir = %d.display(), error = %err, "component cache disabled");
-                false
-            }
-        });
+        let dir = dir
+            .map(|d| d.join("components"))
+            .filter(|d| match create_private_dir(d) {
+                Ok(()) => true,
+                Err(err) => {
+                    tracing::warn!(dir = %d.display(), error = %err, "component cache disabled");
+                    false
+                }
+            });
         ComponentCache { dir, engine_key }
     }
 
@@ -46,7 +48,11 @@ impl ComponentCache {
         let Some(dir) = &self.dir else {
             return Component::new(engine, wasm);
         };
-        let path = dir.join(format!("{}-{}.cwasm", hex::encode(Sha256::digest(wasm)), self.engine_key));
+        let path = dir.join(format!(
+            "{}-{}.cwasm",
+            hex::encode(Sha256::digest(wasm)),
+            self.engine_key
+        ));
         if path.exists() {
             // SAFETY: the cache directory is created private to this user and only this
             // host writes into it (atomically), so its files are wasmtime's own output.

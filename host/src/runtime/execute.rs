@@ -41,16 +41,28 @@ pub struct Invocation {
 pub enum Outcome {
     /// The JSON text the task returned.
     Success(String),
-    Failure { exc: ExceptionInfo, traceback: Option<String> },
-    Retry { countdown: Option<f64>, max_retries: Option<u32>, reason: Option<String> },
-    Reject { requeue: bool },
+    Failure {
+        exc: ExceptionInfo,
+        traceback: Option<String>,
+    },
+    Retry {
+        countdown: Option<f64>,
+        max_retries: Option<u32>,
+        reason: Option<String>,
+    },
+    Reject {
+        requeue: bool,
+    },
     /// Stopped on request (revoke with terminate).
     Terminated,
 }
 
 impl Outcome {
     fn failure(exc_type: &str, exc_module: &str, message: impl Into<String>, traceback: Option<String>) -> Outcome {
-        Outcome::Failure { exc: ExceptionInfo::new(exc_type, exc_module, message), traceback }
+        Outcome::Failure {
+            exc: ExceptionInfo::new(exc_type, exc_module, message),
+            traceback,
+        }
     }
 }
 
@@ -93,11 +105,16 @@ impl Runtime {
         let soft = invocation.soft_time_limit.or(manifest_soft);
         let deadline = Deadline::new(hard, soft, invocation.cancel.clone());
         let ctx = &invocation.context;
-        let (mut store, stdout, stderr) =
-            match self.new_store(plugin, &ctx.id, &ctx.name, deadline.clone(), invocation.progress.clone()) {
-                Ok(parts) => parts,
-                Err(err) => return Outcome::failure("PluginError", "celeriac.exceptions", err.to_string(), None),
-            };
+        let (mut store, stdout, stderr) = match self.new_store(
+            plugin,
+            &ctx.id,
+            &ctx.name,
+            deadline.clone(),
+            invocation.progress.clone(),
+        ) {
+            Ok(parts) => parts,
+            Err(err) => return Outcome::failure("PluginError", "celeriac.exceptions", err.to_string(), None),
+        };
         let result = plugin.pre.instantiate(&mut store).and_then(|instance| {
             instance
                 .celeriac_task_handler()
@@ -126,7 +143,11 @@ fn from_task_error(error: TaskError) -> Outcome {
             exc: ExceptionInfo::new(&f.exc_type, &f.exc_module, f.message),
             traceback: f.traceback,
         },
-        TaskError::Retry(r) => Outcome::Retry { countdown: r.countdown, max_retries: r.max_retries, reason: r.reason },
+        TaskError::Retry(r) => Outcome::Retry {
+            countdown: r.countdown,
+            max_retries: r.max_retries,
+            reason: r.reason,
+        },
         TaskError::Reject(requeue) => Outcome::Reject { requeue },
     }
 }
@@ -164,7 +185,12 @@ fn classify_trap(
         );
     }
     if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
-        return Outcome::failure("SystemExit", "builtins", format!("guest exited with status {}", exit.0), traceback);
+        return Outcome::failure(
+            "SystemExit",
+            "builtins",
+            format!("guest exited with status {}", exit.0),
+            traceback,
+        );
     }
     let what = match err.downcast_ref::<wasmtime::Trap>() {
         Some(trap) => trap.to_string(),
@@ -177,7 +203,11 @@ fn classify_trap(
         .map(str::trim)
         .find(|l| !l.is_empty() && !l.starts_with("note:"))
         .unwrap_or("");
-    let message = if last_line.is_empty() { what } else { format!("{what}: {last_line}") };
+    let message = if last_line.is_empty() {
+        what
+    } else {
+        format!("{what}: {last_line}")
+    };
     Outcome::failure("WasmTrap", "celeriac.exceptions", message, traceback)
 }
 

@@ -18,7 +18,11 @@ pub struct MemoryLimiter {
 
 impl MemoryLimiter {
     pub fn new(cap_bytes: usize) -> MemoryLimiter {
-        MemoryLimiter { cap: cap_bytes, used: 0, hit: false }
+        MemoryLimiter {
+            cap: cap_bytes,
+            used: 0,
+            hit: false,
+        }
     }
 
     pub fn cap_bytes(&self) -> usize {

@@ -36,7 +36,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { memory_mb: DEFAULT_MEMORY_MB, time_limit: None, soft_time_limit: None }
+        Limits {
+            memory_mb: DEFAULT_MEMORY_MB,
+            time_limit: None,
+            soft_time_limit: None,
+        }
     }
 }
 
@@ -83,7 +87,9 @@ impl Manifest {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        manifest.validate().map_err(|reason| RuntimeError::Manifest { path, reason })?;
+        manifest
+            .validate()
+            .map_err(|reason| RuntimeError::Manifest { path, reason })?;
         Ok(manifest)
     }
 
@@ -92,7 +98,10 @@ impl Manifest {
         if self.limits.memory_mb == 0 || self.limits.memory_mb > ceiling_mb {
             return Err(format!("limits.memory_mb must be between 1 and {ceiling_mb}"));
         }
-        for (name, value) in [("time_limit", self.limits.time_limit), ("soft_time_limit", self.limits.soft_time_limit)] {
+        for (name, value) in [
+            ("time_limit", self.limits.time_limit),
+            ("soft_time_limit", self.limits.soft_time_limit),
+        ] {
             if value.is_some_and(|v| !v.is_finite() || v <= 0.0) {
                 return Err(format!("limits.{name} must be a positive number of seconds"));
             }

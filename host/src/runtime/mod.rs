@@ -40,7 +40,11 @@ pub enum RuntimeError {
     #[error("grant refused: {0}")]
     Grant(String),
     #[error("task {task:?} is claimed by two plugins, {first} and {second}; keeping {first}")]
-    TaskConflict { task: String, first: PathBuf, second: PathBuf },
+    TaskConflict {
+        task: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
     #[error("plugin folder {path} cannot be read: {reason} (create it, or point --plugins at the folder holding your .wasm files)")]
     PluginDir { path: PathBuf, reason: String },
 }
@@ -59,7 +63,12 @@ impl Runtime {
         engine::start_ticker(&engine)?;
         let linker = engine::build_linker(&engine)?;
         let cache = cache::ComponentCache::new(&engine, cache_dir);
-        Ok(Runtime { engine, registry: Registry::default(), linker, cache })
+        Ok(Runtime {
+            engine,
+            registry: Registry::default(),
+            linker,
+            cache,
+        })
     }
 
     /// Load (or reload) one plugin file and put it in service.

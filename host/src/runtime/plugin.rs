@@ -44,13 +44,18 @@ impl std::fmt::Debug for PluginVersion {
 
 /// The plugin name for a file: its stem.
 pub fn plugin_name(path: &Path) -> String {
-    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Load and validate a plugin file. Errors say what is wrong in words a plugin author
 /// can act on.
 pub fn load(runtime: &Runtime, path: &Path) -> Result<PluginVersion, RuntimeError> {
-    let invalid = |reason: String| RuntimeError::InvalidPlugin { path: path.to_owned(), reason };
+    let invalid = |reason: String| RuntimeError::InvalidPlugin {
+        path: path.to_owned(),
+        reason,
+    };
     let bytes = std::fs::read(path).map_err(|e| invalid(format!("cannot read it: {e}")))?;
     let digest = hex::encode(Sha256::digest(&bytes));
     let component = runtime
@@ -92,7 +97,11 @@ fn check_wit_version(engine: &Engine, component: &Component) -> Result<String, S
     let Some(found) = exported.iter().find(|n| n.starts_with(HANDLER_INTERFACE)) else {
         return Err(format!(
             "it does not export {HANDLER_INTERFACE}@{WIT_VERSION} (its exports: {}); build it against wit/celeriac.wit",
-            if exported.is_empty() { "none".to_owned() } else { exported.join(", ") }
+            if exported.is_empty() {
+                "none".to_owned()
+            } else {
+                exported.join(", ")
+            }
         ));
     };
     let version = found.split_once('@').map(|(_, v)| v).unwrap_or("");

@@ -70,8 +70,12 @@ pub async fn watch(runtime: Arc<Runtime>, dir: PathBuf, mut applied: BTreeMap<Pa
             // Compiling can take seconds for big guests: keep it off the async threads.
             let loaded = tokio::task::spawn_blocking(move || rt.load_file(&load_path)).await;
             match loaded {
-                Ok(Ok(version)) => tracing::info!(plugin = %version.name, tasks = ?task_names(&version), "plugin loaded"),
-                Ok(Err(err)) => tracing::error!(path = %path.display(), error = %err, "plugin refused; the previous version stays in service"),
+                Ok(Ok(version)) => {
+                    tracing::info!(plugin = %version.name, tasks = ?task_names(&version), "plugin loaded")
+                }
+                Ok(Err(err)) => {
+                    tracing::error!(path = %path.display(), error = %err, "plugin refused; the previous version stays in service")
+                }
                 Err(err) => tracing::error!(path = %path.display(), error = %err, "plugin loader failed"),
             }
             applied.insert(path, stamp);

@@ -31,10 +31,9 @@ impl ExecutorPool {
                 .name(format!("celeriac-exec-{index}"))
                 .spawn(move || {
                     for job in queue.iter() {
-                        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                            runtime.execute(&job.plugin, job.invocation)
-                        }))
-                        .unwrap_or_else(|panic| host_bug(panic.as_ref()));
+                        let outcome =
+                            std::panic::catch_unwind(AssertUnwindSafe(|| runtime.execute(&job.plugin, job.invocation)))
+                                .unwrap_or_else(|panic| host_bug(panic.as_ref()));
                         // The waiting side may have gone away (hard shutdown); nothing to do.
                         let _ = job.reply.send(outcome);
                     }
@@ -46,10 +45,20 @@ impl ExecutorPool {
     /// Run one task on a free executor thread.
     pub async fn run(&self, plugin: Arc<PluginVersion>, invocation: Invocation) -> Outcome {
         let (reply, outcome) = oneshot::channel();
-        if self.jobs.send(Job { plugin, invocation, reply }).is_err() {
+        if self
+            .jobs
+            .send(Job {
+                plugin,
+                invocation,
+                reply,
+            })
+            .is_err()
+        {
             return host_failure("the executor threads are gone");
         }
-        outcome.await.unwrap_or_else(|_| host_failure("the executor thread dropped the task"))
+        outcome
+            .await
+            .unwrap_or_else(|_| host_failure("the executor thread dropped the task"))
     }
 }
 
@@ -64,5 +73,8 @@ fn host_bug(panic: &(dyn std::any::Any + Send)) -> Outcome {
 }
 
 fn host_failure(message: &str) -> Outcome {
-    Outcome::Failure { exc: ExceptionInfo::new("WorkerError", "celeriac.exceptions", message), traceback: None }
+    Outcome::Failure {
+        exc: ExceptionInfo::new("WorkerError", "celeriac.exceptions", message),
+        traceback: None,
+    }
 }

@@ -72,7 +72,12 @@ impl Worker {
         backend: Arc<dyn ResultBackend>,
         runtime: Arc<Runtime>,
     ) -> Worker {
-        Worker { config, broker, backend, runtime }
+        Worker {
+            config,
+            broker,
+            backend,
+            runtime,
+        }
     }
 
     /// Consume until `stop` flips to true, then shut down warmly.

@@ -104,16 +104,26 @@ pub(super) async fn outcome(
                     "Task {name}[{id}] succeeded in {secs:.6}s: {}", crate::protocol::repr::repr(&value));
                 (TaskResult::new(id, State::Success, value), Settle::Ack)
             }
-            Err(err) => failed(request, &ExceptionInfo::new("EncodeError", "kombu.exceptions",
-                format!("task returned invalid JSON: {err}")), None, secs),
+            Err(err) => failed(
+                request,
+                &ExceptionInfo::new(
+                    "EncodeError",
+                    "kombu.exceptions",
+                    format!("task returned invalid JSON: {err}"),
+                ),
+                None,
+                secs,
+            ),
         },
         Outcome::Failure { exc, traceback } => failed(request, &exc, traceback, secs),
-        Outcome::Retry { countdown, max_retries, reason } => {
-            match retry(shared, request, countdown, max_retries, reason).await {
-                Ok(result) => (result, Settle::Ack),
-                Err(failure) => failure,
-            }
-        }
+        Outcome::Retry {
+            countdown,
+            max_retries,
+            reason,
+        } => match retry(shared, request, countdown, max_retries, reason).await {
+            Ok(result) => (result, Settle::Ack),
+            Err(failure) => failure,
+        },
         Outcome::Reject { requeue } => {
             tracing::warn!(task_id = %id, task = %name, requeue, "Task {name}[{id}] rejected by the task");
             settle(shared, delivery, Settle::Reject { requeue }).await;
@@ -151,11 +161,16 @@ async fn retry(
         let exc = ExceptionInfo::new(
             "MaxRetriesExceededError",
             "celery.exceptions",
-            format!("Can't retry {name}[{id}] args:{:?} kwargs:{:?}", request.args, request.kwargs),
+            format!(
+                "Can't retry {name}[{id}] args:{:?} kwargs:{:?}",
+                request.args, request.kwargs
+            ),
         );
         return Err(failed(request, &exc, None, 0.0));
     }
-    let countdown = countdown.filter(|c| c.is_finite() && *c >= 0.0).unwrap_or(DEFAULT_RETRY_DELAY);
+    let countdown = countdown
+        .filter(|c| c.is_finite() && *c >= 0.0)
+        .unwrap_or(DEFAULT_RETRY_DELAY);
     let mut next = request.clone();
     next.retries += 1;
     next.eta = Some(Utc::now() + chrono::Duration::milliseconds((countdown * 1000.0) as i64));
@@ -164,7 +179,11 @@ async fn retry(
     }
     next.origin = Some(shared.config.hostname.clone());
     if let Err(err) = shared.broker.publish(request.queue(), &next.encode()).await {
-        let exc = ExceptionInfo::new("RetryError", "celeriac.exceptions", format!("cannot republish for retry: {err}"));
+        let exc = ExceptionInfo::new(
+            "RetryError",
+            "celeriac.exceptions",
+            format!("cannot republish for retry: {err}"),
+        );
         return Err(failed(request, &exc, None, 0.0));
     }
     let message = reason.unwrap_or_else(|| format!("Retry in {countdown}s"));

@@ -17,7 +17,12 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery) {
     let request = match TaskRequest::decode(&delivery.message) {
         Ok(request) => request,
         Err(err) => {
-            let id = delivery.message.headers.get("id").and_then(|v| v.as_str()).unwrap_or("?");
+            let id = delivery
+                .message
+                .headers
+                .get("id")
+                .and_then(|v| v.as_str())
+                .unwrap_or("?");
             tracing::error!(queue = %delivery.queue, task_id = %id, error = %err, "rejecting malformed message");
             report::settle(shared, &delivery, report::Settle::Reject { requeue: false }).await;
             return;
@@ -26,12 +31,7 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery) {
     let (id, name) = (request.id.as_str(), request.name.as_str());
     tracing::info!(task_id = %id, task = %name, "Task {name}[{id}] received");
 
-    if request.expires.is_some_and(|expires| expires <= Utc::now()) {
-        tracing::info!(task_id = %id, task = %name, "Task {name}[{id}] expired; not running it");
-        let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", "expired");
-        let mut result = TaskResult::new(id, State::Revoked, exc.to_value());
-        report::annotate(shared, &request, &mut result);
-        report::store_then_settle(shared, &delivery, &request, result, report::Settle::Ack).await;
+    if discard_if_expired(shared, &delivery, &request).await {
         return;
     }
 
@@ -40,7 +40,14 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery) {
             "Received unregistered task of type {name:?}. The message has been ignored and discarded.");
         let exc = ExceptionInfo::new("NotRegistered", "celery.exceptions", name);
         let result = TaskResult::failure(id, &exc, None);
-        report::store_then_settle(shared, &delivery, &request, result, report::Settle::Reject { requeue: false }).await;
+        report::store_then_settle(
+            shared,
+            &delivery,
+            &request,
+            result,
+            report::Settle::Reject { requeue: false },
+        )
+        .await;
         return;
     };
 
@@ -48,6 +55,10 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery) {
         let wait = (eta - Utc::now()).to_std().unwrap_or(Duration::ZERO);
         if !wait.is_zero() && !wait_or_stop(shared, wait).await {
             report::settle(shared, &delivery, report::Settle::Reject { requeue: true }).await;
+            return;
+        }
+        // Checked again once the ETA is reached, as Celery does before running a task.
+        if discard_if_expired(shared, &delivery, &request).await {
             return;
         }
     }
@@ -83,6 +94,20 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery) {
     let started = Instant::now();
     let outcome = shared.executors.run(plugin, invocation).await;
     report::outcome(shared, &delivery, &request, outcome, started.elapsed()).await;
+}
+
+/// A task past its `expires` is not run: REVOKED is stored and the message acked.
+async fn discard_if_expired(shared: &Shared, delivery: &Delivery, request: &TaskRequest) -> bool {
+    if request.expires.is_none_or(|expires| expires > Utc::now()) {
+        return false;
+    }
+    let (id, name) = (request.id.as_str(), request.name.as_str());
+    tracing::info!(task_id = %id, task = %name, "Task {name}[{id}] expired; not running it");
+    let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", "expired");
+    let mut result = TaskResult::new(id, State::Revoked, exc.to_value());
+    report::annotate(shared, request, &mut result);
+    report::store_then_settle(shared, delivery, request, result, report::Settle::Ack).await;
+    true
 }
 
 /// Sleep until `wait` has passed (true) or the worker starts stopping (false).

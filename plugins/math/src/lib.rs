@@ -30,7 +30,10 @@ fn div(x: f64, y: f64) -> Result<f64, TaskError> {
 #[task]
 fn fib(n: u32) -> Result<u64, TaskError> {
     if n > 92 {
-        return Err(TaskError::new("ValueError", format!("fib({n}) does not fit in 64 bits")));
+        return Err(TaskError::new(
+            "ValueError",
+            format!("fib({n}) does not fit in 64 bits"),
+        ));
     }
     fn go(n: u32) -> u64 {
         if n < 2 {

@@ -32,9 +32,19 @@ fn parse_name(attr: TokenStream) -> syn::Result<Option<String>> {
         match meta {
             Meta::NameValue(nv) if nv.path.is_ident("name") => match nv.value {
                 Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) => name = Some(s.value()),
-                other => return Err(syn::Error::new_spanned(other, "expected a string: name = \"plugin.task\"")),
+                other => {
+                    return Err(syn::Error::new_spanned(
+                        other,
+                        "expected a string: name = \"plugin.task\"",
+                    ))
+                }
             },
-            other => return Err(syn::Error::new_spanned(other, "unknown option; expected name = \"...\"")),
+            other => {
+                return Err(syn::Error::new_spanned(
+                    other,
+                    "unknown option; expected name = \"...\"",
+                ))
+            }
         }
     }
     Ok(name)

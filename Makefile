@@ -1,0 +1,76 @@
+# Celeriac — the README's commands.
+#   make run      build everything, then run a worker on the embedded SQLite broker
+#   make test     unit, end-to-end and Python Celery interop tests
+#   make plugins  build every plugin under plugins/ into $(CARGO_TARGET_DIR)/plugins/NAME.wasm
+
+CARGO_TARGET_DIR ?= $(CURDIR)/target
+export CARGO_TARGET_DIR
+JOBS ?= 2
+CARGO ?= cargo
+PYTHON ?= python3
+
+BIN := $(CARGO_TARGET_DIR)/release/celeriac
+PLUGIN_OUT := $(CARGO_TARGET_DIR)/plugins
+VENV := $(CARGO_TARGET_DIR)/venv
+RUST_PLUGINS := $(patsubst plugins/%/Cargo.toml,%,$(wildcard plugins/*/Cargo.toml))
+
+.PHONY: all build plugins wasm-target run test test-rust test-interop venv fixtures fmt lint clean
+
+all: build plugins
+
+build:
+	$(CARGO) build --release -j $(JOBS) -p celeriac
+
+wasm-target:
+	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+
+# Copy through a temporary name: a running worker watching the folder never sees half a file.
+plugins: wasm-target
+	cd plugins && $(CARGO) build --release -j $(JOBS) --target wasm32-wasip2
+	@mkdir -p $(PLUGIN_OUT)
+	@for p in $(RUST_PLUGINS); do \
+		cp $(CARGO_TARGET_DIR)/wasm32-wasip2/release/$$p.wasm $(PLUGIN_OUT)/.$$p.wasm.tmp && \
+		mv $(PLUGIN_OUT)/.$$p.wasm.tmp $(PLUGIN_OUT)/$$p.wasm && \
+		echo "built $(PLUGIN_OUT)/$$p.wasm"; \
+	done
+
+run: build plugins
+	@echo
+	@echo "Celeriac worker on the embedded broker (sqlite://celeriac.db), serving $(PLUGIN_OUT)."
+	@echo "From a second terminal in this folder:"
+	@echo "    $(BIN) call math.add 2 3 --wait"
+	@echo
+	$(BIN) worker --plugins $(PLUGIN_OUT)
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: tests/interop/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r tests/interop/requirements.txt
+	touch $@
+
+test: build plugins venv test-rust test-interop
+
+test-rust:
+	CELERIAC_BIN=$(BIN) CELERIAC_PLUGIN_DIR=$(PLUGIN_OUT) \
+		$(CARGO) test --release -j $(JOBS) --workspace -- --test-threads 4
+
+test-interop:
+	CELERIAC_BIN=$(BIN) CELERIAC_PLUGIN_DIR=$(PLUGIN_OUT) \
+		$(VENV)/bin/python -m pytest -q tests/interop
+
+# Re-create the codec fixtures from the real Celery library.
+fixtures: venv
+	$(VENV)/bin/python tests/fixtures/make_fixtures.py
+
+fmt:
+	$(CARGO) fmt --all
+	cd plugins && $(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --release -j $(JOBS) --all-targets -- -D warnings
+	cd plugins && $(CARGO) clippy --release -j $(JOBS) --target wasm32-wasip2 -- -D warnings
+
+clean:
+	$(CARGO) clean

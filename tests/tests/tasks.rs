@@ -1,0 +1,140 @@
+//! Tasks through the real binary on the embedded broker: results, failures, limits.
+
+use std::time::{Duration, Instant};
+
+use celeriac_tests::{plugin, stderr, stdout, Sandbox};
+
+fn sandbox_with_math() -> Sandbox {
+    let sandbox = Sandbox::new();
+    sandbox.install(&plugin("math"), "math.wasm");
+    sandbox
+}
+
+#[test]
+fn call_prints_the_result() {
+    let sandbox = sandbox_with_math();
+    let _worker = sandbox.worker(&[]);
+    let out = sandbox.run(&["call", "math.add", "2", "3", "--wait", "--timeout", "20"]);
+    assert_eq!(stdout(&out), "5", "{}", stderr(&out));
+    let out = sandbox.run(&[
+        "call",
+        "math.echo",
+        "1",
+        "\"x\"",
+        "--kwargs",
+        r#"{"k": [1, null]}"#,
+        "--wait",
+    ]);
+    assert_eq!(stdout(&out), r#"[[1,"x"],{"k":[1,null]}]"#, "{}", stderr(&out));
+    let out = sandbox.run(&["call", "math.fib", "20", "--wait"]);
+    assert_eq!(stdout(&out), "6765");
+}
+
+#[test]
+fn call_without_wait_prints_the_id_and_result_reads_it() {
+    let sandbox = sandbox_with_math();
+    let _worker = sandbox.worker(&[]);
+    let out = sandbox.run(&["call", "math.mul", "6", "7"]);
+    let id = stdout(&out);
+    assert_eq!(id.len(), 36, "expected a task id, got {id:?}");
+    let out = sandbox.run(&["result", &id, "--wait", "--timeout", "20"]);
+    assert_eq!(stdout(&out), "42", "{}", stderr(&out));
+}
+
+#[test]
+fn failures_are_reported_and_the_worker_goes_on() {
+    let sandbox = sandbox_with_math();
+    let worker = sandbox.worker(&[]);
+    let cases: [(&[&str], &str); 6] = [
+        (&["math.div", "1", "0"], "ZeroDivisionError: division by zero"),
+        (&["math.panic"], "WasmTrap"),
+        (&["math.alloc", "512"], "MemoryError"),
+        (&["math.nope"], "NotRegistered: math.nope"),
+        (&["math.add", "1"], "TypeError: add() missing required argument: 'y'"),
+        (&["math.add", "1", "2", "3"], "TypeError"),
+    ];
+    for (call, expected) in cases {
+        let mut args = vec!["call"];
+        args.extend_from_slice(call);
+        args.extend_from_slice(&["--wait", "--timeout", "20"]);
+        let out = sandbox.run(&args);
+        assert!(!out.status.success(), "{call:?} should fail");
+        assert!(
+            stderr(&out).contains(expected),
+            "{call:?}: expected {expected:?} in {:?}",
+            stderr(&out)
+        );
+    }
+    // The panic message the guest printed reaches the failure, not just "unreachable".
+    let out = sandbox.run(&["call", "math.panic", "--wait"]);
+    assert!(stderr(&out).contains("panicking on purpose"), "{}", stderr(&out));
+    let out = sandbox.run(&["call", "math.add", "2", "2", "--wait"]);
+    assert_eq!(stdout(&out), "4");
+    assert!(worker
+        .log()
+        .contains("Received unregistered task of type \"math.nope\""));
+}
+
+#[test]
+fn hard_time_limit_stops_a_runaway_task() {
+    let sandbox = sandbox_with_math();
+    let _worker = sandbox.worker(&[]);
+    let started = Instant::now();
+    let out = sandbox.run(&[
+        "call",
+        "math.spin",
+        "60000",
+        "--time-limit",
+        "1",
+        "--wait",
+        "--timeout",
+        "30",
+    ]);
+    let took = started.elapsed();
+    assert!(stderr(&out).contains("TimeLimitExceeded"), "{}", stderr(&out));
+    assert!(took < Duration::from_secs(30), "the limit did not stop the task");
+    let out = sandbox.run(&["call", "math.add", "1", "1", "--wait"]);
+    assert_eq!(stdout(&out), "2");
+}
+
+#[test]
+fn manifest_limits_apply() {
+    let sandbox = sandbox_with_math();
+    std::fs::write(
+        sandbox.plugins().join("math.toml"),
+        "[limits]\nmemory_mb = 16\ntime_limit = 1\n",
+    )
+    .unwrap();
+    let _worker = sandbox.worker(&[]);
+    let out = sandbox.run(&["call", "math.alloc", "32", "--wait"]);
+    assert!(stderr(&out).contains("memory limit of 16 MiB"), "{}", stderr(&out));
+    let out = sandbox.run(&["call", "math.spin", "60000", "--wait", "--timeout", "30"]);
+    assert!(stderr(&out).contains("TimeLimitExceeded"), "{}", stderr(&out));
+    let out = sandbox.run(&["call", "math.alloc", "4", "--wait"]);
+    assert_eq!(stdout(&out), "4", "{}", stderr(&out));
+}
+
+#[test]
+fn countdown_delays_and_expires_discards() {
+    let sandbox = sandbox_with_math();
+    let _worker = sandbox.worker(&[]);
+    let started = Instant::now();
+    let out = sandbox.run(&["call", "math.add", "1", "2", "--countdown", "1.5", "--wait"]);
+    assert_eq!(stdout(&out), "3");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "ran before its countdown"
+    );
+    let out = sandbox.run(&[
+        "call",
+        "math.add",
+        "1",
+        "2",
+        "--countdown",
+        "2",
+        "--expires",
+        "0.5",
+        "--wait",
+    ]);
+    assert!(stderr(&out).contains("TaskRevokedError: expired"), "{}", stderr(&out));
+}
