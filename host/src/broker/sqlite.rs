@@ -193,4 +193,10 @@ impl Store for SqliteStore {
             .map_err(op)?;
         Ok(done.rows_affected())
     }
+
+    /// Short, because leases are renewed while tasks run and no Python sweeper exists
+    /// here: a dead worker's messages come back within half a minute.
+    fn default_visibility_timeout(&self) -> Duration {
+        Duration::from_secs(30)
+    }
 }

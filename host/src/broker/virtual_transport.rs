@@ -36,6 +36,12 @@ pub trait Store: Send + Sync + 'static {
     /// Make visible again every message whose lease is older than `timeout`.
     async fn restore_expired(&self, timeout: Duration) -> Result<u64, BrokerError>;
     async fn purge(&self, queue: &str) -> Result<u64, BrokerError>;
+
+    /// How long a taken message may go without a lease renewal before another worker
+    /// gets it, unless the `visibility_timeout` transport option says otherwise.
+    fn default_visibility_timeout(&self) -> Duration {
+        Duration::from_secs(3600)
+    }
 }
 
 struct Reserved {
@@ -59,7 +65,7 @@ struct Options {
 }
 
 impl Options {
-    fn parse(options: &HashMap<String, String>) -> Result<Options, BrokerError> {
+    fn parse(options: &HashMap<String, String>, default_visibility: Duration) -> Result<Options, BrokerError> {
         let seconds = |key: &str, default: f64| -> Result<Duration, BrokerError> {
             match options.get(key) {
                 None => Ok(Duration::from_secs_f64(default)),
@@ -76,7 +82,7 @@ impl Options {
             }
         };
         Ok(Options {
-            visibility_timeout: seconds("visibility_timeout", 3600.0)?,
+            visibility_timeout: seconds("visibility_timeout", default_visibility.as_secs_f64())?,
             polling_interval: seconds("polling_interval", 0.05)?,
         })
     }
@@ -85,7 +91,7 @@ impl Options {
 impl<S: Store> VirtualBroker<S> {
     /// Wrap a store and start the lease keeper.
     pub fn start(store: S, options: &HashMap<String, String>) -> Result<Arc<VirtualBroker<S>>, BrokerError> {
-        let options = Options::parse(options)?;
+        let options = Options::parse(options, store.default_visibility_timeout())?;
         let broker = Arc::new(VirtualBroker {
             store,
             reserved: Mutex::new(HashMap::new()),
