@@ -63,7 +63,7 @@ pub trait Broker: Send + Sync {
 pub async fn open(url: &BrokerUrl, options: &HashMap<String, String>) -> Result<Arc<dyn Broker>, BrokerError> {
     match url {
         BrokerUrl::Sqlite(path) => {
-            let store = sqlite::SqliteStore::open(path).await?;
+            let store = sqlite::SqliteStore::open(path, options).await?;
             Ok(virtual_transport::VirtualBroker::start(store, options)?)
         }
     }

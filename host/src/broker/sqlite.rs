@@ -6,6 +6,7 @@
 //! the task runs and deletes the row on ack; a row whose lease is older than
 //! `visibility_timeout` is made visible again by any worker.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Mutex;
@@ -16,7 +17,7 @@ use chrono::Utc;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::Row;
 
-use super::virtual_transport::{Store, StoreTag};
+use super::virtual_transport::{seconds_option, Store, StoreTag, Taken};
 use super::BrokerError;
 
 /// The DDL SQLAlchemy emits for kombu's models on SQLite (kombu 5.x).
@@ -40,7 +41,9 @@ const SCHEMA: &[&str] = &[
 
 pub struct SqliteStore {
     pool: SqlitePool,
-    queue_ids: Mutex<std::collections::HashMap<String, i64>>,
+    queue_ids: Mutex<HashMap<String, i64>>,
+    /// Pause between polls of empty queues (transport option `polling_interval`).
+    polling_interval: Duration,
 }
 
 /// Open (creating if needed) a SQLite database file shared with Python processes.
@@ -63,7 +66,8 @@ fn op(err: sqlx::Error) -> BrokerError {
 }
 
 impl SqliteStore {
-    pub async fn open(path: &Path) -> Result<SqliteStore, BrokerError> {
+    pub async fn open(path: &Path, options: &HashMap<String, String>) -> Result<SqliteStore, BrokerError> {
+        let polling_interval = seconds_option(options, "polling_interval", Duration::from_millis(50))?;
         let pool = open_pool(path)
             .await
             .map_err(|e| BrokerError::Connection(format!("cannot open SQLite broker {}: {e}", path.display())))?;
@@ -72,7 +76,8 @@ impl SqliteStore {
         }
         Ok(SqliteStore {
             pool,
-            queue_ids: Mutex::new(Default::default()),
+            queue_ids: Mutex::new(HashMap::new()),
+            polling_interval,
         })
     }
 
@@ -95,6 +100,27 @@ impl SqliteStore {
             .unwrap_or_else(|e| e.into_inner())
             .insert(queue.to_owned(), id);
         Ok(id)
+    }
+
+    async fn take_from(&self, queue: &str) -> Result<Option<Taken>, BrokerError> {
+        let queue_id = self.queue_id(queue).await?;
+        // One statement: SQLite runs it atomically, so two workers never take one row.
+        let row = sqlx::query(
+            "UPDATE kombu_message SET visible = 0, timestamp = ?, version = version + 1
+             WHERE id = (SELECT id FROM kombu_message WHERE queue_id = ? AND visible = 1
+                         ORDER BY timestamp, id LIMIT 1)
+             RETURNING id, payload",
+        )
+        .bind(sql_timestamp(Utc::now()))
+        .bind(queue_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(op)?;
+        Ok(row.map(|r| Taken {
+            queue: queue.to_owned(),
+            tag: r.get::<i64, _>(0).to_string(),
+            payload: r.get(1),
+        }))
     }
 }
 
@@ -122,21 +148,19 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn take(&self, queue: &str) -> Result<Option<(StoreTag, String)>, BrokerError> {
-        let queue_id = self.queue_id(queue).await?;
-        // One statement: SQLite runs it atomically, so two workers never take one row.
-        let row = sqlx::query(
-            "UPDATE kombu_message SET visible = 0, timestamp = ?, version = version + 1
-             WHERE id = (SELECT id FROM kombu_message WHERE queue_id = ? AND visible = 1
-                         ORDER BY timestamp, id LIMIT 1)
-             RETURNING id, payload",
-        )
-        .bind(sql_timestamp(Utc::now()))
-        .bind(queue_id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(op)?;
-        Ok(row.map(|r| (r.get::<i64, _>(0).to_string(), r.get::<String, _>(1))))
+    async fn take(&self, queues: &[String], block: Duration) -> Result<Option<Taken>, BrokerError> {
+        let deadline = tokio::time::Instant::now() + block;
+        loop {
+            for queue in queues {
+                if let Some(taken) = self.take_from(queue).await? {
+                    return Ok(Some(taken));
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(self.polling_interval.min(block)).await;
+        }
     }
 
     async fn delete(&self, tag: &StoreTag) -> Result<(), BrokerError> {

@@ -17,16 +17,28 @@ use async_trait::async_trait;
 use super::{Broker, BrokerError, Delivery};
 use crate::protocol::Message;
 
-/// A store's own handle for a taken message (a row id, a receipt handle…).
+/// A store's own handle for a taken message (a row id, a delivery tag, a receipt handle…).
 pub type StoreTag = String;
+
+/// A message a store handed out.
+pub struct Taken {
+    pub queue: String,
+    pub tag: StoreTag,
+    pub payload: String,
+}
+
+/// Largest message accepted; a bigger one is rejected unread (a 50 MB body is far more
+/// likely an accident or an attack than a task). Transport option `max_message_size`.
+const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 << 20;
 
 /// The few operations a store provides.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     async fn declare(&self, queue: &str) -> Result<(), BrokerError>;
     async fn put(&self, queue: &str, payload: &str, priority: u8) -> Result<(), BrokerError>;
-    /// Take the next visible message, leasing it to this worker.
-    async fn take(&self, queue: &str) -> Result<Option<(StoreTag, String)>, BrokerError>;
+    /// Take the next visible message from the first of `queues` that has one, leasing it
+    /// to this worker; wait up to `block` for one to arrive (zero: do not wait).
+    async fn take(&self, queues: &[String], block: Duration) -> Result<Option<Taken>, BrokerError>;
     /// Acknowledge: remove for good.
     async fn delete(&self, tag: &StoreTag) -> Result<(), BrokerError>;
     /// Make a taken message visible again.
@@ -55,51 +67,50 @@ pub struct VirtualBroker<S: Store> {
     reserved: Mutex<HashMap<u64, Reserved>>,
     next_tag: AtomicU64,
     rotation: AtomicUsize,
-    polling_interval: Duration,
+    max_message_size: usize,
 }
 
-/// Transport options, with kombu's names.
-struct Options {
-    visibility_timeout: Duration,
-    polling_interval: Duration,
-}
-
-impl Options {
-    fn parse(options: &HashMap<String, String>, default_visibility: Duration) -> Result<Options, BrokerError> {
-        let seconds = |key: &str, default: f64| -> Result<Duration, BrokerError> {
-            match options.get(key) {
-                None => Ok(Duration::from_secs_f64(default)),
-                Some(text) => text
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|v| v.is_finite() && *v > 0.0)
-                    .map(Duration::from_secs_f64)
-                    .ok_or_else(|| {
-                        BrokerError::Connection(format!(
-                            "transport option {key}={text:?} is not a positive number of seconds"
-                        ))
-                    }),
-            }
-        };
-        Ok(Options {
-            visibility_timeout: seconds("visibility_timeout", default_visibility.as_secs_f64())?,
-            polling_interval: seconds("polling_interval", 0.05)?,
-        })
+/// A transport option in seconds (`visibility_timeout=30`, `polling_interval=0.1`).
+pub fn seconds_option(
+    options: &HashMap<String, String>,
+    key: &str,
+    default: Duration,
+) -> Result<Duration, BrokerError> {
+    match options.get(key) {
+        None => Ok(default),
+        Some(text) => text
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v > 0.0)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| {
+                BrokerError::Connection(format!(
+                    "transport option {key}={text:?} is not a positive number of seconds"
+                ))
+            }),
     }
 }
 
 impl<S: Store> VirtualBroker<S> {
     /// Wrap a store and start the lease keeper.
     pub fn start(store: S, options: &HashMap<String, String>) -> Result<Arc<VirtualBroker<S>>, BrokerError> {
-        let options = Options::parse(options, store.default_visibility_timeout())?;
+        let visibility_timeout = seconds_option(options, "visibility_timeout", store.default_visibility_timeout())?;
+        let max_message_size = match options.get("max_message_size") {
+            None => DEFAULT_MAX_MESSAGE_SIZE,
+            Some(text) => text.parse().map_err(|_| {
+                BrokerError::Connection(format!(
+                    "transport option max_message_size={text:?} is not a number of bytes"
+                ))
+            })?,
+        };
         let broker = Arc::new(VirtualBroker {
             store,
             reserved: Mutex::new(HashMap::new()),
             next_tag: AtomicU64::new(1),
             rotation: AtomicUsize::new(0),
-            polling_interval: options.polling_interval,
+            max_message_size,
         });
-        tokio::spawn(keep_leases(Arc::downgrade(&broker), options.visibility_timeout));
+        tokio::spawn(keep_leases(Arc::downgrade(&broker), visibility_timeout));
         Ok(broker)
     }
 
@@ -112,49 +123,58 @@ impl<S: Store> VirtualBroker<S> {
         self.reserved().remove(&tag).ok_or(BrokerError::UnknownTag(tag))
     }
 
-    /// One pass over the queues, starting one further each time (fair round robin).
-    async fn take_some(&self, queues: &[String], max: usize) -> Result<Vec<Delivery>, BrokerError> {
-        let mut out = Vec::new();
-        if queues.is_empty() {
-            return Ok(out);
-        }
+    /// The queues in the order to try them this time: one further each call, so that
+    /// every queue gets its turn (fair round robin).
+    fn rotated(&self, queues: &[String]) -> Vec<String> {
         let start = self.rotation.fetch_add(1, Ordering::Relaxed);
-        for i in 0..queues.len() {
-            let queue = &queues[(start + i) % queues.len()];
-            while out.len() < max {
-                let Some((store_tag, payload)) = self.store.take(queue).await? else {
-                    break;
-                };
-                match Message::from_envelope_json(&payload) {
-                    Ok(message) => {
-                        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
-                        self.reserved().insert(
-                            tag,
-                            Reserved {
-                                store_tag,
-                                queue: queue.clone(),
-                            },
-                        );
-                        out.push(Delivery {
-                            message,
-                            queue: queue.clone(),
-                            tag,
-                            redelivered: false,
-                        });
-                    }
-                    Err(err) => {
-                        let preview: String = payload.chars().take(120).collect();
-                        tracing::error!(queue = %queue, store_tag = %store_tag, error = %err, payload = %preview,
-                            "rejecting malformed message");
-                        self.store.delete(&store_tag).await?;
-                    }
-                }
+        (0..queues.len())
+            .map(|i| queues[(start + i) % queues.len()].clone())
+            .collect()
+    }
+
+    /// Reserve a taken message, or reject it if it cannot be a task message.
+    async fn accept(&self, taken: Taken) -> Result<Option<Delivery>, BrokerError> {
+        let Taken {
+            queue,
+            tag: store_tag,
+            payload,
+        } = taken;
+        let message = if payload.len() > self.max_message_size {
+            Err(format!(
+                "message of {} bytes exceeds max_message_size ({} bytes)",
+                payload.len(),
+                self.max_message_size
+            ))
+        } else {
+            Message::from_envelope_json(&payload).map_err(|e| e.to_string())
+        };
+        match message {
+            Ok(message) => {
+                let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+                self.reserved().insert(
+                    tag,
+                    Reserved {
+                        store_tag,
+                        queue: queue.clone(),
+                    },
+                );
+                Ok(Some(Delivery {
+                    message,
+                    queue,
+                    tag,
+                    redelivered: false,
+                }))
+            }
+            Err(error) => {
+                let preview: String = payload.chars().take(120).collect();
+                tracing::error!(queue = %queue, store_tag = %store_tag, error = %error, payload = %preview,
+                    "rejecting malformed message");
+                self.store.delete(&store_tag).await?;
+                Ok(None)
             }
         }
-        Ok(out)
     }
 }
-
 /// Renew the leases of reserved messages, and restore those of dead workers.
 async fn keep_leases<S: Store>(broker: Weak<VirtualBroker<S>>, visibility_timeout: Duration) {
     let period = (visibility_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(30));
@@ -186,16 +206,21 @@ impl<S: Store> Broker for VirtualBroker<S> {
     }
 
     async fn receive(&self, queues: &[String], max: usize, wait: Duration) -> Result<Vec<Delivery>, BrokerError> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let got = self.take_some(queues, max).await?;
-            if !got.is_empty() || tokio::time::Instant::now() >= deadline {
-                return Ok(got);
-            }
-            tokio::time::sleep(self.polling_interval.min(wait)).await;
+        let mut out = Vec::new();
+        if queues.is_empty() || max == 0 {
+            return Ok(out);
         }
+        // Wait for the first message; take more only if they are already there.
+        let mut block = wait;
+        while out.len() < max {
+            let Some(taken) = self.store.take(&self.rotated(queues), block).await? else {
+                break;
+            };
+            block = Duration::ZERO;
+            out.extend(self.accept(taken).await?);
+        }
+        Ok(out)
     }
-
     async fn ack(&self, delivery: &Delivery) -> Result<(), BrokerError> {
         let reserved = self.release(delivery.tag)?;
         self.store.delete(&reserved.store_tag).await

@@ -1,7 +1,9 @@
 //! The worker loop: consume → dispatch → execute → report.
 //!
-//! At most `concurrency × prefetch_multiplier` messages are reserved from the broker at
-//! once; each runs when one of `concurrency` slots is free. Acknowledgement is late:
+//! A message is taken from the broker only when one of `concurrency` slots is free to
+//! run it (fair dispatch); at most `concurrency × prefetch_multiplier` are reserved at
+//! once, counting those waiting for their ETA (which give their slot back while they
+//! wait). Acknowledgement is late:
 //! a message is acked only after its outcome is stored, so a worker that dies loses
 //! nothing. On shutdown it stops consuming, lets running tasks finish, and hands
 //! reserved-but-unstarted messages back to the broker.
@@ -13,7 +15,7 @@ mod task;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::backend::ResultBackend;
 use crate::broker::{Broker, BrokerError};
@@ -53,9 +55,30 @@ struct Shared {
     runtime: Arc<Runtime>,
     executors: ExecutorPool,
     /// Free task slots.
-    slots: Semaphore,
+    slots: Arc<Semaphore>,
     /// Flips to true when a warm shutdown starts.
     stopping: watch::Receiver<bool>,
+}
+
+/// What a message needs before it is taken from the broker: a place among the reserved
+/// messages and a free slot to run in.
+struct Admission {
+    reservation: OwnedSemaphorePermit,
+    slot: OwnedSemaphorePermit,
+}
+
+impl Admission {
+    async fn acquire(reserved: &Arc<Semaphore>, slots: &Arc<Semaphore>) -> Option<Admission> {
+        let reservation = reserved.clone().acquire_owned().await.ok()?;
+        let slot = slots.clone().acquire_owned().await.ok()?;
+        Some(Admission { reservation, slot })
+    }
+
+    fn try_acquire(reserved: &Arc<Semaphore>, slots: &Arc<Semaphore>) -> Option<Admission> {
+        let reservation = reserved.clone().try_acquire_owned().ok()?;
+        let slot = slots.clone().try_acquire_owned().ok()?;
+        Some(Admission { reservation, slot })
+    }
 }
 
 pub struct Worker {
@@ -92,7 +115,7 @@ impl Worker {
             backend: self.backend.clone(),
             runtime: self.runtime.clone(),
             executors,
-            slots: Semaphore::new(concurrency),
+            slots: Arc::new(Semaphore::new(concurrency)),
             stopping: stop.clone(),
         });
         let reserved = Arc::new(Semaphore::new(prefetch));
@@ -108,14 +131,16 @@ impl Worker {
         let mut stop_signal = stop.clone();
         let mut backoff = Duration::from_millis(100);
         while !*stop.borrow() {
+            // Fetch only when a slot is free (fair dispatch): a message never waits
+            // reserved behind a long task while another worker could run it.
             let first = tokio::select! {
-                permit = reserved.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
+                permits = Admission::acquire(&reserved, &shared.slots) => match permits {
+                    Some(permits) => permits,
+                    None => break,
                 },
                 _ = stop_signal.changed() => break,
             };
-            let room = 1 + reserved.available_permits();
+            let room = 1 + reserved.available_permits().min(shared.slots.available_permits());
             let deliveries = match self.broker.receive(&self.config.queues, room, RECEIVE_WAIT).await {
                 Ok(deliveries) => {
                     backoff = Duration::from_millis(100);
@@ -131,25 +156,21 @@ impl Worker {
             };
             let mut first = Some(first);
             for delivery in deliveries {
-                let permit = match first.take() {
-                    Some(permit) => permit,
-                    // Only this loop takes permits, and `room` counted them.
-                    None => match reserved.clone().try_acquire_owned() {
-                        Ok(permit) => permit,
-                        Err(_) => {
-                            self.broker.reject(&delivery, true).await?;
-                            continue;
-                        }
-                    },
+                // Only this loop takes permits, and `room` counted them.
+                let Some(admission) = first
+                    .take()
+                    .or_else(|| Admission::try_acquire(&reserved, &shared.slots))
+                else {
+                    self.broker.reject(&delivery, true).await?;
+                    continue;
                 };
                 let shared = shared.clone();
                 tokio::spawn(async move {
-                    task::handle(&shared, delivery).await;
-                    drop(permit);
+                    task::handle(&shared, delivery, admission.slot).await;
+                    drop(admission.reservation);
                 });
             }
         }
-
         tracing::info!("warm shutdown: no new tasks; waiting for running tasks to finish");
         // Every handler holds a reservation until it has acked or handed its message back.
         let _all = reserved.acquire_many(prefetch as u32).await;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::report;
 use super::Shared;
@@ -13,7 +14,9 @@ use crate::broker::Delivery;
 use crate::protocol::{ExceptionInfo, State, TaskRequest, TaskResult};
 use crate::runtime::{Invocation, TaskContext};
 
-pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery) {
+/// `slot` is the free slot the message was admitted with.
+pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, slot: OwnedSemaphorePermit) {
+    let mut slot = Some(slot);
     let request = match TaskRequest::decode(&delivery.message) {
         Ok(request) => request,
         Err(err) => {
@@ -53,6 +56,10 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery) {
 
     if let Some(eta) = request.eta {
         let wait = (eta - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        if !wait.is_zero() {
+            // Waiting for the ETA does not occupy a slot.
+            slot = None;
+        }
         if !wait.is_zero() && !wait_or_stop(shared, wait).await {
             report::settle(shared, &delivery, report::Settle::Reject { requeue: true }).await;
             return;
@@ -63,16 +70,21 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery) {
         }
     }
 
-    // A free slot, unless the worker is stopping: then the message goes back unstarted.
-    let slot = tokio::select! {
-        slot = shared.slots.acquire() => slot,
-        _ = stopped(shared.stopping.clone()) => {
-            report::settle(shared, &delivery, report::Settle::Reject { requeue: true }).await;
-            return;
-        }
+    // After an ETA wait: a free slot again, unless the worker is stopping, in which case
+    // the message goes back unstarted.
+    let _slot = match slot {
+        Some(slot) => slot,
+        None => tokio::select! {
+            slot = shared.slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
+            _ = stopped(shared.stopping.clone()) => {
+                report::settle(shared, &delivery, report::Settle::Reject { requeue: true }).await;
+                return;
+            }
+        },
     };
-    let Ok(_slot) = slot else { return };
-
     let invocation = Invocation {
         context: TaskContext {
             id: request.id.clone(),
