@@ -28,6 +28,8 @@ pub enum ConfigError {
 pub enum BrokerUrl {
     /// `sqlite://FILE`, `sqla+sqlite:///FILE` (four slashes for an absolute path).
     Sqlite(PathBuf),
+    /// `redis://`, `rediss://`, `redis+socket://`, as a URL the `redis` crate reads.
+    Redis(String),
 }
 
 /// A result backend, by the URL that names it.
@@ -35,10 +37,31 @@ pub enum BrokerUrl {
 pub enum BackendUrl {
     /// `sqlite://FILE`, `db+sqlite:///FILE`.
     Sqlite(PathBuf),
+    /// `redis://`, `rediss://`, `redis+socket://`, as a URL the `redis` crate reads.
+    Redis(String),
 }
 
-const BROKERS_SUPPORTED: &str = "supported: sqlite://FILE, sqla+sqlite:///FILE";
-const BACKENDS_SUPPORTED: &str = "supported: sqlite://FILE, db+sqlite:///FILE";
+const BROKERS_SUPPORTED: &str =
+    "supported: sqlite://FILE, sqla+sqlite:///FILE, redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://…, redis+socket:///PATH";
+const BACKENDS_SUPPORTED: &str =
+    "supported: sqlite://FILE, db+sqlite:///FILE, redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://…, redis+socket:///PATH";
+
+/// kombu's Redis URL spellings, as the `redis` crate reads them: `redis+socket:///PATH`
+/// (db in `?virtual_host=N`) becomes `redis+unix:///PATH?db=N`.
+fn redis_url(scheme: &str, rest: &str) -> Option<String> {
+    match scheme {
+        "redis" | "rediss" => Some(format!("{scheme}://{rest}")),
+        "redis+socket" | "socket" => {
+            let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let db = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("virtual_host=").or_else(|| kv.strip_prefix("db=")))
+                .unwrap_or("0");
+            Some(format!("redis+unix://{path}?db={db}"))
+        }
+        _ => None,
+    }
+}
 
 /// SQLAlchemy's reading of a SQLite URL: after `scheme://`, one `/` separates the (empty)
 /// host from the path, so `///rel.db` is relative and `////abs.db` is absolute. The
@@ -61,7 +84,10 @@ impl BrokerUrl {
             "sqlite" | "sqla+sqlite" => sqlite_path(rest)
                 .map(BrokerUrl::Sqlite)
                 .ok_or_else(|| error("the URL names no database file")),
-            "amqp" | "amqps" | "pyamqp" | "redis" | "rediss" | "sqs" | "zookeeper" => Err(error(&format!(
+            "redis" | "rediss" | "redis+socket" | "socket" => redis_url(scheme, rest)
+                .map(BrokerUrl::Redis)
+                .ok_or_else(|| error(BROKERS_SUPPORTED)),
+            "amqp" | "amqps" | "pyamqp" | "sqs" | "zookeeper" => Err(error(&format!(
                 "the {scheme} broker is not built yet; {BROKERS_SUPPORTED}"
             ))),
             _ => Err(error(BROKERS_SUPPORTED)),
@@ -81,7 +107,10 @@ impl BackendUrl {
             "sqlite" | "db+sqlite" => sqlite_path(rest)
                 .map(BackendUrl::Sqlite)
                 .ok_or_else(|| error("the URL names no database file")),
-            "redis" | "rediss" | "rpc" | "db+postgresql" | "db+mysql" => Err(error(&format!(
+            "redis" | "rediss" | "redis+socket" | "socket" => redis_url(scheme, rest)
+                .map(BackendUrl::Redis)
+                .ok_or_else(|| error(BACKENDS_SUPPORTED)),
+            "rpc" | "db+postgresql" | "db+mysql" => Err(error(&format!(
                 "the {scheme} backend is not built yet; {BACKENDS_SUPPORTED}"
             ))),
             _ => Err(error(BACKENDS_SUPPORTED)),
@@ -101,6 +130,7 @@ pub struct FileConfig {
     pub hostname: Option<String>,
     pub prefetch_multiplier: Option<usize>,
     pub result_extended: Option<bool>,
+    pub result_expires: Option<u64>,
     pub log_format: Option<String>,
     #[serde(default)]
     pub broker_transport_options: HashMap<String, toml::Value>,
@@ -170,6 +200,22 @@ mod tests {
         assert_eq!(
             BackendUrl::parse("db+sqlite:////tmp/x.db").unwrap(),
             BackendUrl::Sqlite("/tmp/x.db".into())
+        );
+    }
+
+    #[test]
+    fn redis_urls_follow_kombu() {
+        assert_eq!(
+            BrokerUrl::parse("redis://:pw@h:6380/3").unwrap(),
+            BrokerUrl::Redis("redis://:pw@h:6380/3".into())
+        );
+        assert_eq!(
+            BrokerUrl::parse("redis+socket:///run/redis.sock?virtual_host=2").unwrap(),
+            BrokerUrl::Redis("redis+unix:///run/redis.sock?db=2".into())
+        );
+        assert_eq!(
+            BackendUrl::parse("rediss://h/1").unwrap(),
+            BackendUrl::Redis("rediss://h/1".into())
         );
     }
 

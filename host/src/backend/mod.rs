@@ -1,5 +1,6 @@
 //! Result backends. The worker sees a backend only through [`ResultBackend`].
 
+pub mod redis;
 pub mod sql;
 
 use std::sync::Arc;
@@ -45,9 +46,14 @@ pub trait ResultBackend: Send + Sync {
     }
 }
 
-/// Open the backend a URL names.
-pub async fn open(url: &BackendUrl) -> Result<Arc<dyn ResultBackend>, BackendError> {
+/// Celery's default `result_expires`: one day.
+pub const DEFAULT_RESULT_EXPIRES: u64 = 86_400;
+
+/// Open the backend a URL names. `result_expires` (seconds, 0 = never) applies where the
+/// store supports expiry.
+pub async fn open(url: &BackendUrl, result_expires: u64) -> Result<Arc<dyn ResultBackend>, BackendError> {
     match url {
         BackendUrl::Sqlite(path) => Ok(Arc::new(sql::SqlBackend::open_sqlite(path).await?)),
+        BackendUrl::Redis(url) => Ok(Arc::new(redis::RedisBackend::open(url, result_expires).await?)),
     }
 }

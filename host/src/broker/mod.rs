@@ -5,6 +5,7 @@
 //! [`virtual_transport::VirtualBroker`], which holds kombu's virtual-transport semantics
 //! once: the envelope, delivery tags, the unacked set, leases and their restore.
 
+pub mod redis;
 pub mod sqlite;
 pub mod virtual_transport;
 
@@ -53,6 +54,8 @@ pub trait Broker: Send + Sync {
     async fn reject(&self, delivery: &Delivery, requeue: bool) -> Result<(), BrokerError>;
     /// Publish to a queue through the default exchange, as Celery clients do.
     async fn publish(&self, queue: &str, message: &Message) -> Result<(), BrokerError>;
+    /// Publish to a fanout exchange: every subscriber gets a copy, none is stored.
+    async fn publish_fanout(&self, exchange: &str, routing_key: &str, message: &Message) -> Result<(), BrokerError>;
     /// Drop every waiting message in a queue; returns how many.
     async fn purge(&self, queue: &str) -> Result<u64, BrokerError>;
     /// Put everything still reserved back on its queue (warm shutdown).
@@ -64,6 +67,10 @@ pub async fn open(url: &BrokerUrl, options: &HashMap<String, String>) -> Result<
     match url {
         BrokerUrl::Sqlite(path) => {
             let store = sqlite::SqliteStore::open(path, options).await?;
+            Ok(virtual_transport::VirtualBroker::start(store, options)?)
+        }
+        BrokerUrl::Redis(url) => {
+            let store = redis::RedisStore::open(url, options).await?;
             Ok(virtual_transport::VirtualBroker::start(store, options)?)
         }
     }

@@ -49,6 +49,13 @@ pub trait Store: Send + Sync + 'static {
     async fn restore_expired(&self, timeout: Duration) -> Result<u64, BrokerError>;
     async fn purge(&self, queue: &str) -> Result<u64, BrokerError>;
 
+    /// Publish to every subscriber of a fanout exchange (events, remote control).
+    async fn fanout(&self, exchange: &str, _routing_key: &str, _payload: &str) -> Result<(), BrokerError> {
+        Err(BrokerError::Operation(format!(
+            "this broker has no fanout; cannot publish to {exchange}"
+        )))
+    }
+
     /// How long a taken message may go without a lease renewal before another worker
     /// gets it, unless the `visibility_timeout` transport option says otherwise.
     fn default_visibility_timeout(&self) -> Duration {
@@ -243,6 +250,12 @@ impl<S: Store> Broker for VirtualBroker<S> {
 
     async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
         self.store.purge(queue).await
+    }
+
+    async fn publish_fanout(&self, exchange: &str, routing_key: &str, message: &Message) -> Result<(), BrokerError> {
+        self.store
+            .fanout(exchange, routing_key, &message.to_envelope_json())
+            .await
     }
 
     async fn close(&self) -> Result<(), BrokerError> {

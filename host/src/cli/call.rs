@@ -79,7 +79,7 @@ pub async fn run(common: &CommonArgs, file: &FileConfig, args: CallArgs) -> anyh
         println!("{}", request.id);
         return Ok(ExitCode::SUCCESS);
     }
-    let backend = backend::open(&connection.backend).await?;
+    let backend = backend::open(&connection.backend, connection.result_expires).await?;
     let timeout = Duration::from_secs_f64(args.timeout.max(0.0));
     let result = backend.wait(&request.id, timeout).await?;
     print_result(&request.id, result.as_ref(), timeout)

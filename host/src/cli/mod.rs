@@ -45,6 +45,9 @@ pub struct CommonArgs {
     /// A broker transport option, KEY=VALUE, as Celery's broker_transport_options (repeatable).
     #[arg(long = "broker-transport-option", global = true, value_name = "KEY=VALUE")]
     pub broker_transport_options: Vec<String>,
+    /// Seconds to keep results in backends that expire them (Celery's result_expires; 0 keeps them).
+    #[arg(long, global = true, env = "CELERIAC_RESULT_EXPIRES")]
+    pub result_expires: Option<u64>,
     /// Log format: text or json.
     #[arg(long, global = true, env = "CELERIAC_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -72,6 +75,8 @@ pub struct Connection {
     pub broker: BrokerUrl,
     pub backend: BackendUrl,
     pub transport_options: HashMap<String, String>,
+    /// Seconds a stored result is kept (0: forever), where the backend can expire keys.
+    pub result_expires: u64,
 }
 
 impl CommonArgs {
@@ -99,6 +104,10 @@ impl CommonArgs {
             broker: BrokerUrl::parse(&broker)?,
             backend: BackendUrl::parse(&backend)?,
             transport_options,
+            result_expires: self
+                .result_expires
+                .or(file.result_expires)
+                .unwrap_or(crate::backend::DEFAULT_RESULT_EXPIRES),
         })
     }
 }

@@ -77,7 +77,7 @@ pub async fn run(common: &CommonArgs, file: &FileConfig, args: WorkerArgs) -> an
     let broker = broker::open(&connection.broker, &connection.transport_options)
         .await
         .context("cannot open the broker")?;
-    let backend = backend::open(&connection.backend)
+    let backend = backend::open(&connection.backend, connection.result_expires)
         .await
         .context("cannot open the result backend")?;
 

@@ -1,0 +1,122 @@
+//! Celery's Redis result backend: `celery-task-meta-<id>` keys holding the meta JSON,
+//! written with a TTL (`result_expires`) and PUBLISHed on a channel of the same name,
+//! which is what a waiting `AsyncResult.get()` listens to.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+
+use super::{BackendError, ResultBackend};
+use crate::broker::redis::{connect, redact};
+use crate::protocol::TaskResult;
+
+/// Celery's key prefix for task results.
+pub const TASK_KEY_PREFIX: &str = "celery-task-meta-";
+
+/// Store unless a SUCCESS is already there (a redelivered duplicate must not replace the
+/// first result), then publish. KEYS: the meta key. ARGV: meta JSON, TTL seconds (0: none).
+const STORE: &str = r"
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, meta = pcall(cjson.decode, current)
+  if ok and type(meta) == 'table' and meta.status == 'SUCCESS' then return 0 end
+end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+";
+
+pub struct RedisBackend {
+    client: redis::Client,
+    conn: ConnectionManager,
+    /// `result_expires` in seconds; 0 keeps results forever.
+    expires: u64,
+    store: Script,
+}
+
+fn op(err: redis::RedisError) -> BackendError {
+    BackendError::Operation(format!("redis: {err}"))
+}
+
+fn decode(task_id: &str, text: &str) -> Result<TaskResult, BackendError> {
+    serde_json::from_str(text)
+        .ok()
+        .and_then(|meta| TaskResult::from_meta(&meta))
+        .ok_or_else(|| BackendError::Corrupt {
+            task_id: task_id.to_owned(),
+            reason: "not a Celery result meta".into(),
+        })
+}
+
+impl RedisBackend {
+    pub async fn open(url: &str, expires: u64) -> Result<RedisBackend, BackendError> {
+        let connection_error = |e: String| BackendError::Connection(format!("Redis at {}: {e}", redact(url)));
+        let client = redis::Client::open(url).map_err(|e| connection_error(e.to_string()))?;
+        let conn = connect(&client, url, Some(Duration::from_secs(10)))
+            .await
+            .map_err(|e| connection_error(e.to_string()))?;
+        Ok(RedisBackend {
+            client,
+            conn,
+            expires,
+            store: Script::new(STORE),
+        })
+    }
+}
+
+#[async_trait]
+impl ResultBackend for RedisBackend {
+    async fn store(&self, result: &TaskResult) -> Result<(), BackendError> {
+        let meta = result.to_meta().to_string();
+        let _: i64 = self
+            .store
+            .key(format!("{TASK_KEY_PREFIX}{}", result.task_id))
+            .arg(meta)
+            .arg(self.expires)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(op)?;
+        Ok(())
+    }
+
+    async fn get(&self, task_id: &str) -> Result<Option<TaskResult>, BackendError> {
+        let text: Option<String> = self
+            .conn
+            .clone()
+            .get(format!("{TASK_KEY_PREFIX}{task_id}"))
+            .await
+            .map_err(op)?;
+        text.map(|t| decode(task_id, &t)).transpose()
+    }
+
+    /// Subscribe first, then read once, then wait for the PUBLISH: as Celery's client does,
+    /// so a result stored in between is not missed.
+    async fn wait(&self, task_id: &str, timeout: Duration) -> Result<Option<TaskResult>, BackendError> {
+        let key = format!("{TASK_KEY_PREFIX}{task_id}");
+        let mut pubsub = self.client.get_async_pubsub().await.map_err(op)?;
+        pubsub.subscribe(&key).await.map_err(op)?;
+        let mut latest = self.get(task_id).await?;
+        if latest.as_ref().is_some_and(|r| r.state.is_ready()) {
+            return Ok(latest);
+        }
+        let mut messages = pubsub.on_message();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while let Ok(Some(message)) = tokio::time::timeout_at(deadline, messages.next()).await {
+            let text: String = message.get_payload().map_err(op)?;
+            let result = decode(task_id, &text)?;
+            let ready = result.state.is_ready();
+            latest = Some(result);
+            if ready {
+                break;
+            }
+        }
+        Ok(latest)
+    }
+}

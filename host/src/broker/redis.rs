@@ -1,0 +1,418 @@
+//! kombu's Redis transport, key for key, so Python clients and workers share the queues:
+//!
+//! - a queue is a list per priority step (`celery`, `celery\x06\x163`, …): LPUSH to
+//!   publish, BRPOP to consume, lower step served first (kombu's order, not AMQP's);
+//! - a taken message is recorded in the `unacked` hash (`[envelope, exchange,
+//!   routing_key]`) and the `unacked_index` sorted set (score = time taken), removed on
+//!   ack, and pushed back by whoever finds it older than `visibility_timeout`;
+//! - `_kombu.binding.<exchange>` sets name the queues bound to an exchange;
+//! - fanout is PUBLISH on `/<db>.<exchange>/<routing_key>`;
+//! - `global_keyprefix` prefixes every key and channel.
+//!
+//! Beyond kombu: the worker renews the `unacked_index` score of the messages it holds, so
+//! a task running longer than `visibility_timeout` is not handed to a second worker by
+//! any sweeper, Python's included (kombu issue 337).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+use serde_json::Value;
+
+use super::virtual_transport::{Store, StoreTag, Taken};
+use super::BrokerError;
+
+/// kombu's separator between a queue name and its priority step.
+pub const SEP: &str = "\x06\x16";
+/// kombu's default `priority_steps`.
+const PRIORITY_STEPS: [u8; 4] = [0, 3, 6, 9];
+/// kombu's `unacked_mutex_expire`.
+const MUTEX_EXPIRE_MS: u64 = 300_000;
+/// Messages restored per sweep, as kombu's `unacked_restore_limit`-less default batch.
+const RESTORE_BATCH: isize = 1000;
+
+/// Take the first message of the first non-empty list, without blocking.
+const POP_FIRST: &str = r"
+for _, key in ipairs(KEYS) do
+  local v = redis.call('RPOP', key)
+  if v then return {key, v} end
+end
+return false
+";
+
+/// Claim an unacked message (only one caller can remove it from the hash) and push its
+/// restored envelope to the consuming end of its list, so it runs next.
+/// KEYS: unacked, unacked_index, list. ARGV: tag, envelope.
+const CLAIM_AND_PUSH: &str = r"
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('RPUSH', KEYS[3], ARGV[2])
+  return 1
+end
+return 0
+";
+/// Release a lock only if we still hold it.
+const RELEASE_LOCK: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+pub struct RedisStore {
+    /// Every command but BRPOP (multiplexed, reconnects by itself).
+    commands: ConnectionManager,
+    /// BRPOP blocks its connection, so it gets one of its own.
+    blocking: ConnectionManager,
+    db: i64,
+    prefix: String,
+    unacked: String,
+    unacked_index: String,
+    unacked_mutex: String,
+    pop_first: Script,
+    claim_and_push: Script,
+    release_lock: Script,
+}
+
+fn connection_error(url: &str, err: redis::RedisError) -> BrokerError {
+    BrokerError::Connection(format!("cannot connect to Redis at {}: {err}", redact(url)))
+}
+
+fn op(err: redis::RedisError) -> BrokerError {
+    BrokerError::Operation(format!("redis: {err}"))
+}
+
+/// A URL with its password hidden, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => format!("{}://***@{}", &url[..scheme_end], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+/// The list that holds messages of `priority` (0–9, clamped) for `queue`.
+fn step_of(priority: u8) -> u8 {
+    PRIORITY_STEPS
+        .iter()
+        .copied()
+        .filter(|s| *s <= priority.min(9))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Open a connection manager that retries with backoff whenever Redis goes away.
+pub async fn connect(
+    client: &redis::Client,
+    url: &str,
+    response_timeout: Option<Duration>,
+) -> Result<ConnectionManager, BrokerError> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(response_timeout)
+        .set_min_delay(Duration::from_millis(100))
+        .set_max_delay(Duration::from_secs(5))
+        .set_number_of_retries(usize::MAX);
+    client
+        .get_connection_manager_with_config(config)
+        .await
+        .map_err(|e| connection_error(url, e))
+}
+
+impl RedisStore {
+    pub async fn open(url: &str, options: &HashMap<String, String>) -> Result<RedisStore, BrokerError> {
+        let client = redis::Client::open(url).map_err(|e| connection_error(url, e))?;
+        let db = client.get_connection_info().redis_settings().db();
+        let prefix = options.get("global_keyprefix").cloned().unwrap_or_default();
+        let key = |option: &str, default: &str| {
+            format!("{prefix}{}", options.get(option).map(String::as_str).unwrap_or(default))
+        };
+        Ok(RedisStore {
+            commands: connect(&client, url, Some(Duration::from_secs(10))).await?,
+            blocking: connect(&client, url, None).await?,
+            db,
+            unacked: key("unacked_key", "unacked"),
+            unacked_index: key("unacked_index_key", "unacked_index"),
+            unacked_mutex: key("unacked_mutex_key", "unacked_mutex"),
+            prefix,
+            pop_first: Script::new(POP_FIRST),
+            claim_and_push: Script::new(CLAIM_AND_PUSH),
+            release_lock: Script::new(RELEASE_LOCK),
+        })
+    }
+
+    fn list_key(&self, queue: &str, step: u8) -> String {
+        if step == 0 {
+            format!("{}{queue}", self.prefix)
+        } else {
+            format!("{}{queue}{SEP}{step}", self.prefix)
+        }
+    }
+
+    /// BRPOP's key order: every queue's step 0, then every queue's step 3, …
+    fn pop_keys(&self, queues: &[String]) -> Vec<String> {
+        PRIORITY_STEPS
+            .iter()
+            .flat_map(|step| queues.iter().map(move |q| self.list_key(q, *step)))
+            .collect()
+    }
+
+    /// The queue a list key belongs to.
+    fn queue_of(&self, key: &str) -> String {
+        let key = key.strip_prefix(self.prefix.as_str()).unwrap_or(key);
+        key.rsplit_once(SEP).map(|(queue, _)| queue).unwrap_or(key).to_owned()
+    }
+
+    /// Record a taken message as unacked, under the tag its publisher gave it.
+    async fn record_unacked(&self, queue: &str, payload: &str) -> Result<StoreTag, BrokerError> {
+        let envelope: Option<Value> = serde_json::from_str(payload).ok();
+        let properties = envelope.as_ref().and_then(|e| e.get("properties"));
+        let Some(tag) = properties
+            .and_then(|p| p.get("delivery_tag"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+        else {
+            // Not a kombu envelope: nothing to record; the virtual layer rejects it.
+            return Ok(format!("untracked-{}", uuid::Uuid::new_v4()));
+        };
+        let info = properties.and_then(|p| p.get("delivery_info"));
+        let field = |name: &str| info.and_then(|i| i.get(name)).and_then(Value::as_str);
+        let exchange = field("exchange").unwrap_or("");
+        let routing_key = field("routing_key").unwrap_or(queue);
+        // `payload` is a JSON object already, so it embeds as the first element as it is.
+        let entry = format!("[{payload}, {}, {}]", Value::from(exchange), Value::from(routing_key));
+        redis::pipe()
+            .atomic()
+            .zadd(&self.unacked_index, &tag, now())
+            .hset(&self.unacked, &tag, entry)
+            .exec_async(&mut self.commands.clone())
+            .await
+            .map_err(op)?;
+        Ok(tag)
+    }
+
+    /// Read an `unacked` entry: the queue to restore it to (kombu's lookup: the routing key
+    /// on the default exchange, else the exchange's bindings) and the envelope marked
+    /// redelivered, as kombu marks it.
+    async fn restorable(&self, raw: &str) -> Result<Option<(String, Value)>, BrokerError> {
+        let Ok(Value::Array(mut entry)) = serde_json::from_str::<Value>(raw) else {
+            return Ok(None);
+        };
+        if entry.len() != 3 || !entry[0].is_object() {
+            return Ok(None);
+        }
+        let routing_key = entry[2].as_str().unwrap_or("").to_owned();
+        let exchange = entry[1].as_str().unwrap_or("").to_owned();
+        let mut envelope = entry.swap_remove(0);
+        if let Some(headers) = envelope.get_mut("headers").and_then(Value::as_object_mut) {
+            headers.insert("redelivered".into(), Value::Bool(true));
+        }
+        if let Some(info) = envelope
+            .pointer_mut("/properties/delivery_info")
+            .and_then(Value::as_object_mut)
+        {
+            info.insert("redelivered".into(), Value::Bool(true));
+        }
+        let queue = if exchange.is_empty() || exchange == routing_key {
+            Some(routing_key)
+        } else {
+            let members: Vec<String> = self
+                .commands
+                .clone()
+                .smembers(format!("{}_kombu.binding.{exchange}", self.prefix))
+                .await
+                .map_err(op)?;
+            members.iter().find_map(|m| {
+                let mut parts = m.splitn(3, SEP);
+                let (rk, _pattern, queue) = (parts.next()?, parts.next()?, parts.next()?);
+                (rk == routing_key).then(|| queue.to_owned())
+            })
+        };
+        Ok(queue.filter(|q| !q.is_empty()).map(|q| (q, envelope)))
+    }
+
+    /// The fanout channel kombu uses: `/<db>.<exchange>` plus `/<routing_key>` if any.
+    pub fn fanout_channel(&self, exchange: &str, routing_key: &str) -> String {
+        if routing_key.is_empty() {
+            format!("{}/{}.{exchange}", self.prefix, self.db)
+        } else {
+            format!("{}/{}.{exchange}/{routing_key}", self.prefix, self.db)
+        }
+    }
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn declare(&self, queue: &str) -> Result<(), BrokerError> {
+        // The default direct exchange of a Celery queue has the queue's name.
+        let member = format!("{queue}{SEP}{SEP}{queue}");
+        redis::pipe()
+            .sadd(format!("{}_kombu.binding.{queue}", self.prefix), &member)
+            .sadd(format!("{}_kombu.binding_permanent.{queue}", self.prefix), &member)
+            .exec_async(&mut self.commands.clone())
+            .await
+            .map_err(op)
+    }
+
+    async fn put(&self, queue: &str, payload: &str, priority: u8) -> Result<(), BrokerError> {
+        let _: i64 = self
+            .commands
+            .clone()
+            .lpush(self.list_key(queue, step_of(priority)), payload)
+            .await
+            .map_err(op)?;
+        Ok(())
+    }
+
+    async fn take(&self, queues: &[String], block: Duration) -> Result<Option<Taken>, BrokerError> {
+        let keys = self.pop_keys(queues);
+        let popped: Option<(String, String)> = if block.is_zero() {
+            let mut invocation = self.pop_first.prepare_invoke();
+            for key in &keys {
+                invocation.key(key);
+            }
+            invocation.invoke_async(&mut self.commands.clone()).await.map_err(op)?
+        } else {
+            // BRPOP's own timeout bounds the wait; the outer one catches a dead connection.
+            let seconds = block.as_secs_f64().max(0.01);
+            let mut blocking = self.blocking.clone();
+            let brpop = blocking.brpop(&keys, seconds);
+            match tokio::time::timeout(block + Duration::from_secs(5), brpop).await {
+                Ok(result) => result.map_err(op)?,
+                Err(_) => return Err(BrokerError::Operation("redis: BRPOP did not answer in time".into())),
+            }
+        };
+        let Some((key, payload)) = popped else { return Ok(None) };
+        let queue = self.queue_of(&key);
+        let tag = self.record_unacked(&queue, &payload).await?;
+        Ok(Some(Taken { queue, tag, payload }))
+    }
+
+    async fn delete(&self, tag: &StoreTag) -> Result<(), BrokerError> {
+        redis::pipe()
+            .atomic()
+            .zrem(&self.unacked_index, tag)
+            .hdel(&self.unacked, tag)
+            .exec_async(&mut self.commands.clone())
+            .await
+            .map_err(op)
+    }
+
+    async fn restore(&self, tag: &StoreTag) -> Result<(), BrokerError> {
+        let mut conn = self.commands.clone();
+        let raw: Option<String> = conn.hget(&self.unacked, tag).await.map_err(op)?;
+        let Some(raw) = raw else { return Ok(()) };
+        let Some((queue, envelope)) = self.restorable(&raw).await? else {
+            tracing::error!(tag = %tag, "unacked entry is unreadable; dropping it");
+            return self.delete(tag).await;
+        };
+        let priority = envelope["properties"]["priority"].as_u64().unwrap_or(0).min(9) as u8;
+        let _: i64 = self
+            .claim_and_push
+            .key(&self.unacked)
+            .key(&self.unacked_index)
+            .key(self.list_key(&queue, step_of(priority)))
+            .arg(tag)
+            .arg(envelope.to_string())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(op)?;
+        Ok(())
+    }
+
+    async fn renew(&self, tags: &[StoreTag]) -> Result<(), BrokerError> {
+        let score = now();
+        let mut cmd = redis::cmd("ZADD");
+        cmd.arg(&self.unacked_index).arg("XX");
+        for tag in tags {
+            cmd.arg(score).arg(tag);
+        }
+        cmd.exec_async(&mut self.commands.clone()).await.map_err(op)
+    }
+
+    async fn restore_expired(&self, timeout: Duration) -> Result<u64, BrokerError> {
+        let mut conn = self.commands.clone();
+        let token = uuid::Uuid::new_v4().to_string();
+        let locked: Option<String> = redis::cmd("SET")
+            .arg(&self.unacked_mutex)
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(MUTEX_EXPIRE_MS)
+            .query_async(&mut conn)
+            .await
+            .map_err(op)?;
+        if locked.is_none() {
+            return Ok(0); // another worker is sweeping
+        }
+        let cutoff = now() - timeout.as_secs_f64();
+        let result = async {
+            let expired: Vec<String> = conn
+                .zrangebyscore_limit(&self.unacked_index, "-inf", cutoff, 0, RESTORE_BATCH)
+                .await
+                .map_err(op)?;
+            for tag in &expired {
+                self.restore(tag).await?;
+            }
+            Ok(expired.len() as u64)
+        }
+        .await;
+        let _: i64 = self
+            .release_lock
+            .key(&self.unacked_mutex)
+            .arg(&token)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(op)?;
+        result
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
+        let mut pipe = redis::pipe();
+        for step in PRIORITY_STEPS {
+            pipe.llen(self.list_key(queue, step));
+        }
+        for step in PRIORITY_STEPS {
+            pipe.del(self.list_key(queue, step)).ignore();
+        }
+        let lengths: Vec<u64> = pipe
+            .atomic()
+            .query_async(&mut self.commands.clone())
+            .await
+            .map_err(op)?;
+        Ok(lengths.iter().sum())
+    }
+
+    async fn fanout(&self, exchange: &str, routing_key: &str, payload: &str) -> Result<(), BrokerError> {
+        let _: i64 = self
+            .commands
+            .clone()
+            .publish(self.fanout_channel(exchange, routing_key), payload)
+            .await
+            .map_err(op)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priorities_map_to_kombu_steps() {
+        let steps: Vec<u8> = (0..=12).map(step_of).collect();
+        assert_eq!(steps, [0, 0, 0, 3, 3, 3, 6, 6, 6, 9, 9, 9, 9]);
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("redis://:secret@host:6379/1"), "redis://***@host:6379/1");
+        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+    }
+}
