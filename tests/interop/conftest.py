@@ -1,7 +1,8 @@
-"""A real Celeriac worker for the interop tests, and a real Celery client app.
+"""Real Celeriac workers for the interop tests, and real Celery client apps.
 
-Each test module gets its own folder with its own SQLite file, so tests never see each
-other's messages. `make test` sets CELERIAC_BIN and CELERIAC_PLUGIN_DIR.
+Each test module gets its own folder (and SQLite file, or Redis database number), so
+tests never see each other's messages. `make test` sets CELERIAC_BIN and
+CELERIAC_PLUGIN_DIR.
 """
 
 import os
@@ -18,33 +19,41 @@ ROOT = Path(__file__).resolve().parents[2]
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
 BIN = Path(os.environ.get("CELERIAC_BIN", TARGET / "release" / "celeriac"))
 PLUGINS = Path(os.environ.get("CELERIAC_PLUGIN_DIR", TARGET / "plugins"))
+REDIS_HOST = "127.0.0.1"
+REDIS_PORT = 6379
 
 
 class Worker:
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.db = folder / "celeriac.db"
-        self.plugins = folder / "plugins.d"
-        self.plugins.mkdir()
-        shutil.copy(PLUGINS / "math.wasm", self.plugins / "math.wasm")
-        self.log_path = folder / "worker.log"
-        self.process = None
+    """One `celeriac worker` process on a broker and backend."""
 
-    @property
-    def url(self):
-        # SQLAlchemy's spelling: four slashes for an absolute path.
-        return f"sqlite:///{self.db}"
+    count = 0
+
+    def __init__(self, folder: Path, broker: str, backend: str, *extra: str):
+        Worker.count += 1
+        self.folder = folder
+        self.broker = broker
+        self.backend = backend
+        self.extra = list(extra)
+        if "--concurrency" not in self.extra:
+            self.extra += ["--concurrency", "2"]
+        self.plugins = folder / "plugins.d"
+        self.plugins.mkdir(exist_ok=True)
+        if not (self.plugins / "math.wasm").exists():
+            shutil.copy(PLUGINS / "math.wasm", self.plugins / "math.wasm")
+        self.log_path = folder / f"worker-{Worker.count}.log"
+        self.process = None
 
     def start(self):
         env = dict(os.environ, CELERIAC_CACHE_DIR=str(TARGET / "test-cache"))
         env.pop("CELERY_BROKER_URL", None)
         env.pop("CELERY_RESULT_BACKEND", None)
         self.process = subprocess.Popen(
-            [str(BIN), "--broker", self.url, "--result-backend", self.url,
-             "worker", "--plugins", str(self.plugins), "-c", "2"],
+            [str(BIN), "--broker", self.broker, "--result-backend", self.backend,
+             "worker", "--plugins", str(self.plugins), *self.extra],
             cwd=self.folder, env=env, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "w"),
         )
         self.wait_for_log("celeriac worker ready")
+        return self
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
@@ -58,6 +67,11 @@ class Worker:
             time.sleep(0.05)
         raise AssertionError(f"worker never logged {text!r}:\n{self.log()}")
 
+    def kill(self):
+        """SIGKILL: no chance to hand anything back."""
+        self.process.kill()
+        self.process.wait(timeout=10)
+
     def stop(self):
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -67,21 +81,40 @@ class Worker:
                 self.process.kill()
 
 
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory):
-    w = Worker(tmp_path_factory.mktemp("celeriac"))
-    w.start()
-    yield w
-    w.stop()
+@pytest.fixture
+def make_worker(tmp_path):
+    """Start workers on demand; all are stopped at the end of the test."""
+    started = []
+
+    def make(broker, backend, *extra):
+        worker = Worker(tmp_path, broker, backend, *extra).start()
+        started.append(worker)
+        return worker
+
+    yield make
+    for worker in started:
+        worker.stop()
 
 
-@pytest.fixture(scope="module")
-def app(worker):
+def celery_app(broker, backend, **conf):
     """A Celery client configured exactly as the README tells users to."""
-    client = Celery(
-        "interop",
-        broker=f"sqla+sqlite:///{worker.db}",
-        backend=f"db+sqlite:///{worker.db}",
-    )
-    yield client
-    client.close()
+    app = Celery("interop", broker=broker, backend=backend)
+    app.conf.update(**conf)
+    return app
+
+
+@pytest.fixture(scope="module")
+def sqlite_worker(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("celeriac")
+    url = f"sqlite:///{folder / 'celeriac.db'}"
+    worker = Worker(folder, url, url).start()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture(scope="module")
+def sqlite_app(sqlite_worker):
+    db = sqlite_worker.folder / "celeriac.db"
+    app = celery_app(f"sqla+sqlite:///{db}", f"db+sqlite:///{db}")
+    yield app
+    app.close()

@@ -174,14 +174,26 @@ impl<S: Store> VirtualBroker<S> {
             }
             Err(error) => {
                 let preview: String = payload.chars().take(120).collect();
-                tracing::error!(queue = %queue, store_tag = %store_tag, error = %error, payload = %preview,
-                    "rejecting malformed message");
+                let task_id = sniff_task_id(&payload).unwrap_or("?");
+                tracing::error!(queue = %queue, store_tag = %store_tag, task_id = %task_id, error = %error,
+                    payload = %preview, "rejecting malformed message");
                 self.store.delete(&store_tag).await?;
                 Ok(None)
             }
         }
     }
 }
+/// The task id of a message that cannot be decoded, found without parsing it (it may be
+/// huge): the last `"id"` key of the text, which in kombu's envelope is in the headers,
+/// after the base64 body.
+fn sniff_task_id(payload: &str) -> Option<&str> {
+    ["\"id\": \"", "\"id\":\""].iter().find_map(|key| {
+        let start = payload.rfind(key)? + key.len();
+        let len = payload[start..].find('"')?;
+        Some(&payload[start..start + len]).filter(|id| id.len() <= 200)
+    })
+}
+
 /// Renew the leases of reserved messages, and restore those of dead workers.
 async fn keep_leases<S: Store>(broker: Weak<VirtualBroker<S>>, visibility_timeout: Duration) {
     let period = (visibility_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(30));
@@ -265,5 +277,18 @@ impl<S: Store> Broker for VirtualBroker<S> {
             self.store.restore(&reserved.store_tag).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sniff_task_id;
+
+    #[test]
+    fn finds_the_id_of_an_undecodable_message() {
+        let payload = r#"{"body": "AAAA", "headers": {"root_id": "r", "id": "abc-1", "parent_id": null}}"#;
+        assert_eq!(sniff_task_id(payload), Some("abc-1"));
+        assert_eq!(sniff_task_id(r#"{"headers":{"id":"x"}}"#), Some("x"));
+        assert_eq!(sniff_task_id("not json"), None);
     }
 }

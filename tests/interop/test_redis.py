@@ -1,0 +1,193 @@
+"""Python Celery clients against Celeriac on the real Redis (127.0.0.1:6379).
+
+Each test takes a Redis database number of its own and flushes it, so tests do not see
+each other's keys. The Redis-restart test runs a private redis-server on a free port.
+"""
+
+import base64
+import itertools
+import json
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+
+import pytest
+import redis
+from billiard.exceptions import TimeLimitExceeded
+from celery.exceptions import NotRegistered
+
+from conftest import REDIS_HOST, REDIS_PORT, celery_app
+
+TIMEOUT = 60
+_databases = itertools.cycle(range(1, 16))
+
+
+@pytest.fixture
+def db():
+    number = next(_databases)
+    client = redis.Redis(REDIS_HOST, REDIS_PORT, db=number)
+    client.flushdb()
+    yield number
+    client.flushdb()
+
+
+def url(db, port=REDIS_PORT):
+    return f"redis://{REDIS_HOST}:{port}/{db}"
+
+
+def received_ids(worker, task="math.spin"):
+    """Ids of the tasks a worker received, in order, from its log."""
+    ids = []
+    for line in worker.log().splitlines():
+        marker = f"Task {task}["
+        if marker in line and "] received" in line:
+            ids.append(line.split(marker, 1)[1].split("]", 1)[0])
+    return ids
+
+
+def test_a_thousand_tasks_and_the_right_exceptions(db, make_worker):
+    make_worker(url(db), url(db))
+    app = celery_app(url(db), url(db))
+    results = [app.send_task("math.add", (i, i)) for i in range(1000)]
+    assert [r.get(timeout=TIMEOUT) for r in results] == [2 * i for i in range(1000)]
+    with pytest.raises(ZeroDivisionError):
+        app.send_task("math.div", (1, 0)).get(timeout=TIMEOUT)
+    with pytest.raises(TimeLimitExceeded):
+        app.send_task("math.spin", (60000,), time_limit=1).get(timeout=TIMEOUT)
+    with pytest.raises(NotRegistered):
+        app.send_task("math.nope", ()).get(timeout=TIMEOUT)
+    with pytest.raises(TypeError):
+        app.send_task("math.add", (1,)).get(timeout=TIMEOUT)
+    # Results expire after a day, as Celery's do.
+    ttl = redis.Redis(REDIS_HOST, REDIS_PORT, db=db).ttl(f"celery-task-meta-{results[0].id}")
+    assert 86000 < ttl <= 86400
+
+
+def test_a_killed_worker_loses_nothing(db, make_worker):
+    lease = ("--broker-transport-option", "visibility_timeout=5")
+    first = make_worker(url(db), url(db), *lease)
+    app = celery_app(url(db), url(db))
+    results = [app.send_task("math.spin", (100,)) for _ in range(60)]
+    first.wait_for_log("Task math.spin[")
+    time.sleep(0.5)
+    first.kill()
+    make_worker(url(db), url(db), *lease)
+    assert [r.get(timeout=TIMEOUT) for r in results] == [100] * 60
+    assert redis.Redis(REDIS_HOST, REDIS_PORT, db=db).hlen("unacked") == 0
+
+
+def test_a_task_longer_than_the_visibility_timeout_runs_once(db, make_worker):
+    lease = ("--broker-transport-option", "visibility_timeout=2")
+    workers = [make_worker(url(db), url(db), *lease) for _ in range(2)]
+    app = celery_app(url(db), url(db))
+    result = app.send_task("math.spin", (6000,))
+    assert result.get(timeout=TIMEOUT) == 6000
+    time.sleep(1)
+    runs = sum(received_ids(w).count(result.id) for w in workers)
+    assert runs == 1, "\n".join(w.log() for w in workers)
+
+
+def test_lower_priority_numbers_are_served_first_as_in_kombu(db, make_worker):
+    app = celery_app(url(db), url(db))
+    late = [app.send_task("math.add", (9, i), priority=9) for i in range(5)]
+    early = [app.send_task("math.add", (0, i), priority=0) for i in range(5)]
+    worker = make_worker(url(db), url(db), "--concurrency", "1")
+    for r in early + late:
+        r.get(timeout=TIMEOUT)
+    order = received_ids(worker, "math.add")
+    assert set(order[:5]) == {r.id for r in early}, order
+    assert set(order[5:]) == {r.id for r in late}, order
+
+
+def test_two_workers_share_the_work_and_nothing_runs_twice(db, make_worker):
+    workers = [make_worker(url(db), url(db)) for _ in range(2)]
+    app = celery_app(url(db), url(db))
+    results = [app.send_task("math.spin", (20,)) for _ in range(200)]
+    assert [r.get(timeout=TIMEOUT) for r in results] == [20] * 200
+    seen = [received_ids(w) for w in workers]
+    assert all(seen), "both workers should have run tasks"
+    assert sorted(seen[0] + seen[1]) == sorted(r.id for r in results)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_redis(port, folder):
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+         "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis("127.0.0.1", port)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            client.ping()
+            return process
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    raise AssertionError("private redis-server did not start")
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_redis_restarting_mid_run_loses_nothing(tmp_path, make_worker):
+    port = free_port()
+    server = start_redis(port, tmp_path)
+    try:
+        lease = ("--broker-transport-option", "visibility_timeout=5")
+        make_worker(url(0, port), url(0, port), *lease)
+        app = celery_app(url(0, port), url(0, port))
+        ids = [app.send_task("math.spin", (30,)).id for _ in range(150)]
+        time.sleep(1)
+        redis.Redis("127.0.0.1", port).shutdown()  # persists the append-only file
+        server.wait(timeout=10)
+        time.sleep(1)
+        server = start_redis(port, tmp_path)
+        client = redis.Redis("127.0.0.1", port)
+        deadline = time.time() + TIMEOUT
+        while time.time() < deadline:
+            metas = client.mget([f"celery-task-meta-{i}" for i in ids])
+            if all(m is not None for m in metas):
+                break
+            time.sleep(0.2)
+        done = [json.loads(m) for m in metas if m is not None]
+        assert len(done) == len(ids), f"{len(ids) - len(done)} tasks lost"
+        assert all(m["status"] == "SUCCESS" and m["result"] == 30 for m in done)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def envelope(headers, body: bytes, **properties):
+    props = {"body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
+             "delivery_info": {"exchange": "", "routing_key": "celery"}, "priority": 0}
+    props.update(properties)
+    return json.dumps({"body": base64.b64encode(body).decode(), "content-encoding": "utf-8",
+                       "content-type": "application/json", "headers": headers, "properties": props})
+
+
+def test_malformed_messages_are_rejected_and_the_worker_goes_on(db, make_worker):
+    worker = make_worker(url(db), url(db))
+    client = redis.Redis(REDIS_HOST, REDIS_PORT, db=db)
+    bad = [
+        "not json at all",
+        json.dumps(["an", "array"]),
+        json.dumps({"no": "envelope"}),
+        envelope({"task": "math.add", "id": "two-element-body"}, b"[[2, 3], {}]"),
+        envelope({"task": "math.add", "id": "args-not-a-list"}, b'[5, {}, null]'),
+        envelope({"id": "no-task-header"}, b"[[2, 3], {}, {}]"),
+        envelope({"task": "math.add", "id": "fifty-megabytes"}, b"[[" + b"1, " * (17 << 20) + b"1], {}, {}]"),
+    ]
+    for payload in bad:
+        client.lpush("celery", payload)
+    app = celery_app(url(db), url(db))
+    assert app.send_task("math.add", (20, 22)).get(timeout=TIMEOUT) == 42
+    worker.wait_for_log("fifty")  # the oversized one is named in the log too
+    assert worker.log().count("rejecting malformed message") == len(bad), worker.log()
+    assert client.llen("celery") == 0
+    assert client.hlen("unacked") == 0, "rejected messages must not stay unacked"
