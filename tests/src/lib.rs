@@ -31,9 +31,13 @@ pub fn plugin(name: &str) -> PathBuf {
     path
 }
 
-/// A private folder with its own database and plugin folder.
+/// A private folder with its own plugin folder, and its own broker and backend: a SQLite
+/// file in the folder by default, or the real Redis under a key prefix of its own.
 pub struct Sandbox {
     dir: tempfile::TempDir,
+    broker: Option<String>,
+    backend: Option<String>,
+    global_options: Vec<String>,
 }
 
 impl Default for Sandbox {
@@ -46,7 +50,31 @@ impl Sandbox {
     pub fn new() -> Sandbox {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir(dir.path().join("plugins.d")).expect("plugin dir");
-        Sandbox { dir }
+        Sandbox {
+            dir,
+            broker: None,
+            backend: None,
+            global_options: Vec::new(),
+        }
+    }
+
+    /// A sandbox on the real Redis (127.0.0.1:6379), isolated by a fresh `global_keyprefix`
+    /// (results are keyed by task id, which is unique anyway).
+    pub fn redis() -> Sandbox {
+        let mut sandbox = Sandbox::new();
+        let url = "redis://127.0.0.1:6379/0".to_owned();
+        sandbox.broker = Some(url.clone());
+        sandbox.backend = Some(url);
+        let prefix = sandbox
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        sandbox.global_options = vec![
+            "--broker-transport-option".into(),
+            format!("global_keyprefix=celeriac-test-{prefix}:"),
+        ];
+        sandbox
     }
 
     pub fn path(&self) -> &Path {
@@ -76,7 +104,12 @@ impl Sandbox {
             .env_remove("CELERY_BROKER_URL")
             .env_remove("CELERY_RESULT_BACKEND")
             .env("CELERIAC_CACHE_DIR", target_dir().join("test-cache"))
-            .args(["--broker", &self.db_url(), "--result-backend", &self.db_url()])
+            .args(["--broker", &self.broker.clone().unwrap_or_else(|| self.db_url())])
+            .args([
+                "--result-backend",
+                &self.backend.clone().unwrap_or_else(|| self.db_url()),
+            ])
+            .args(&self.global_options)
             .args(args);
         cmd
     }

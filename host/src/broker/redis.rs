@@ -111,7 +111,9 @@ pub async fn connect(
         .set_response_timeout(response_timeout)
         .set_min_delay(Duration::from_millis(100))
         .set_max_delay(Duration::from_secs(5))
-        .set_number_of_retries(usize::MAX);
+        // Bounded, so a wrong address fails at start; after that every failed command
+        // triggers a new round of reconnection attempts.
+        .set_number_of_retries(4);
     client
         .get_connection_manager_with_config(config)
         .await

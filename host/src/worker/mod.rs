@@ -25,6 +25,9 @@ pub use executor::ExecutorPool;
 
 /// How long one receive call waits for messages before the loop looks around again.
 const RECEIVE_WAIT: Duration = Duration::from_millis(500);
+/// Longest pause between attempts to reach a broker that is down: short, so service
+/// resumes within a couple of seconds of the broker's return.
+const MAX_RECEIVE_BACKOFF: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -150,7 +153,7 @@ impl Worker {
                     tracing::error!(error = %err, retry_in = ?backoff, "cannot receive from the broker");
                     drop(first);
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    backoff = (backoff * 2).min(MAX_RECEIVE_BACKOFF);
                     continue;
                 }
             };
