@@ -6,6 +6,7 @@
 //! and each arrow is a plain value defined in the module named at its head.
 
 pub mod backend;
+pub mod batch;
 pub mod broker;
 pub mod cli;
 pub mod config;

@@ -99,10 +99,10 @@ async fn expired_messages_are_restored_marked_redelivered() {
         .await
         .unwrap();
     let taken = store
-        .take(&["celery".to_owned()], Duration::ZERO)
+        .take(&["celery".to_owned()], 10, Duration::ZERO)
         .await
         .unwrap()
-        .unwrap();
+        .remove(0);
     assert_eq!(taken.queue, "celery");
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(store.restore_expired(Duration::from_millis(1)).await.unwrap(), 1);
@@ -119,10 +119,10 @@ async fn expired_messages_are_restored_marked_redelivered() {
     assert_eq!(left, 0);
     // A renewed lease is not restored.
     let again = store
-        .take(&["celery".to_owned()], Duration::ZERO)
+        .take(&["celery".to_owned()], 10, Duration::ZERO)
         .await
         .unwrap()
-        .unwrap();
+        .remove(0);
     tokio::time::sleep(Duration::from_millis(300)).await;
     store.renew(std::slice::from_ref(&again.tag)).await.unwrap();
     assert_eq!(store.restore_expired(Duration::from_millis(200)).await.unwrap(), 0);

@@ -19,6 +19,14 @@ pub enum BackendError {
     Operation(String),
     #[error("stored result for {task_id} cannot be read: {reason}")]
     Corrupt { task_id: String, reason: String },
+    #[error("the result backend connection is shutting down")]
+    Closed,
+}
+
+impl From<crate::batch::Closed> for BackendError {
+    fn from(_: crate::batch::Closed) -> Self {
+        BackendError::Closed
+    }
 }
 
 /// Where task states and results go, in Celery's layout for that store.
@@ -27,6 +35,14 @@ pub trait ResultBackend: Send + Sync {
     /// Store a state. A stored SUCCESS is never overwritten (a redelivered duplicate
     /// must not replace the first result).
     async fn store(&self, result: &TaskResult) -> Result<(), BackendError>;
+
+    /// Store several states; backends that can do it in one round trip override this.
+    async fn store_many(&self, results: &[TaskResult]) -> Result<(), BackendError> {
+        for result in results {
+            self.store(result).await?;
+        }
+        Ok(())
+    }
 
     /// The latest stored state of a task, if any.
     async fn get(&self, task_id: &str) -> Result<Option<TaskResult>, BackendError>;

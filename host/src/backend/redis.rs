@@ -16,21 +16,31 @@ use crate::protocol::TaskResult;
 /// Celery's key prefix for task results.
 pub const TASK_KEY_PREFIX: &str = "celery-task-meta-";
 
-/// Store unless a SUCCESS is already there (a redelivered duplicate must not replace the
-/// first result), then publish. KEYS: the meta key. ARGV: meta JSON, TTL seconds (0: none).
+/// Store each meta unless a SUCCESS is already there (a redelivered duplicate must not
+/// replace the first result), then publish it. KEYS: meta keys. ARGV: TTL seconds
+/// (0: none), then one meta JSON per key.
 const STORE: &str = r"
-local current = redis.call('GET', KEYS[1])
-if current then
-  local ok, meta = pcall(cjson.decode, current)
-  if ok and type(meta) == 'table' and meta.status == 'SUCCESS' then return 0 end
+local ttl = tonumber(ARGV[1])
+local stored = 0
+for i, key in ipairs(KEYS) do
+  local meta = ARGV[i + 1]
+  local current = redis.call('GET', key)
+  local done = false
+  if current then
+    local ok, old = pcall(cjson.decode, current)
+    done = ok and type(old) == 'table' and old.status == 'SUCCESS'
+  end
+  if not done then
+    if ttl > 0 then
+      redis.call('SET', key, meta, 'EX', ttl)
+    else
+      redis.call('SET', key, meta)
+    end
+    redis.call('PUBLISH', key, meta)
+    stored = stored + 1
+  end
 end
-if tonumber(ARGV[2]) > 0 then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-else
-  redis.call('SET', KEYS[1], ARGV[1])
-end
-redis.call('PUBLISH', KEYS[1], ARGV[1])
-return 1
+return stored
 ";
 
 pub struct RedisBackend {
@@ -74,15 +84,17 @@ impl RedisBackend {
 #[async_trait]
 impl ResultBackend for RedisBackend {
     async fn store(&self, result: &TaskResult) -> Result<(), BackendError> {
-        let meta = result.to_meta().to_string();
-        let _: i64 = self
-            .store
-            .key(format!("{TASK_KEY_PREFIX}{}", result.task_id))
-            .arg(meta)
-            .arg(self.expires)
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(op)?;
+        self.store_many(std::slice::from_ref(result)).await
+    }
+
+    async fn store_many(&self, results: &[TaskResult]) -> Result<(), BackendError> {
+        let mut invocation = self.store.arg(self.expires);
+        for result in results {
+            invocation
+                .key(format!("{TASK_KEY_PREFIX}{}", result.task_id))
+                .arg(result.to_meta().to_string());
+        }
+        let _: i64 = invocation.invoke_async(&mut self.conn.clone()).await.map_err(op)?;
         Ok(())
     }
 

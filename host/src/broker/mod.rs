@@ -38,6 +38,14 @@ pub enum BrokerError {
     Operation(String),
     #[error("unknown delivery tag {0} (already acknowledged?)")]
     UnknownTag(u64),
+    #[error("the broker connection is shutting down")]
+    Closed,
+}
+
+impl From<crate::batch::Closed> for BrokerError {
+    fn from(_: crate::batch::Closed) -> Self {
+        BrokerError::Closed
+    }
 }
 
 /// What the worker needs from any broker.

@@ -33,15 +33,42 @@ const MUTEX_EXPIRE_MS: u64 = 300_000;
 /// Messages restored per sweep, as kombu's `unacked_restore_limit`-less default batch.
 const RESTORE_BATCH: isize = 1000;
 
-/// Take the first message of the first non-empty list, without blocking.
-const POP_FIRST: &str = r"
-for _, key in ipairs(KEYS) do
-  local v = redis.call('RPOP', key)
-  if v then return {key, v} end
+/// Take up to ARGV[1] messages, list by list in KEYS order (after KEYS[1] = unacked and
+/// KEYS[2] = unacked_index), and record each as unacked under its publisher's
+/// `delivery_tag`, all in one step: nothing is lost between the pop and the record.
+/// ARGV: max, now, max size to inspect, then the queue name of each list.
+/// Returns {list, payload, tag} triples; tag is '' for a message that is not a kombu
+/// envelope (the caller rejects it).
+const POP_AND_RECORD: &str = r"
+local out = {}
+local max = tonumber(ARGV[1])
+for i = 3, #KEYS do
+  local queue = ARGV[i + 1]
+  while #out < max do
+    local v = redis.call('RPOP', KEYS[i])
+    if not v then break end
+    local tag = ''
+    if string.len(v) <= tonumber(ARGV[3]) then
+      local ok, m = pcall(cjson.decode, v)
+      if ok and type(m) == 'table' and type(m.properties) == 'table'
+          and type(m.properties.delivery_tag) == 'string' then
+        tag = m.properties.delivery_tag
+        local exchange, routing_key = '', queue
+        local info = m.properties.delivery_info
+        if type(info) == 'table' then
+          if type(info.exchange) == 'string' then exchange = info.exchange end
+          if type(info.routing_key) == 'string' then routing_key = info.routing_key end
+        end
+        redis.call('ZADD', KEYS[2], ARGV[2], tag)
+        redis.call('HSET', KEYS[1], tag, '[' .. v .. ', ' .. cjson.encode(exchange) .. ', ' .. cjson.encode(routing_key) .. ']')
+      end
+    end
+    out[#out + 1] = {KEYS[i], v, tag}
+  end
+  if #out >= max then break end
 end
-return false
+return out
 ";
-
 /// Claim an unacked message (only one caller can remove it from the hash) and push its
 /// restored envelope to the consuming end of its list, so it runs next.
 /// KEYS: unacked, unacked_index, list. ARGV: tag, envelope.
@@ -69,7 +96,9 @@ pub struct RedisStore {
     unacked: String,
     unacked_index: String,
     unacked_mutex: String,
-    pop_first: Script,
+    pop_and_record: Script,
+    /// Messages bigger than this are not parsed in Redis (the caller rejects them).
+    max_inspect: usize,
     claim_and_push: Script,
     release_lock: Script,
 }
@@ -136,7 +165,11 @@ impl RedisStore {
             unacked_index: key("unacked_index_key", "unacked_index"),
             unacked_mutex: key("unacked_mutex_key", "unacked_mutex"),
             prefix,
-            pop_first: Script::new(POP_FIRST),
+            pop_and_record: Script::new(POP_AND_RECORD),
+            max_inspect: options
+                .get("max_message_size")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(16 << 20),
             claim_and_push: Script::new(CLAIM_AND_PUSH),
             release_lock: Script::new(RELEASE_LOCK),
         })
@@ -148,14 +181,6 @@ impl RedisStore {
         } else {
             format!("{}{queue}{SEP}{step}", self.prefix)
         }
-    }
-
-    /// BRPOP's key order: every queue's step 0, then every queue's step 3, …
-    fn pop_keys(&self, queues: &[String]) -> Vec<String> {
-        PRIORITY_STEPS
-            .iter()
-            .flat_map(|step| queues.iter().map(move |q| self.list_key(q, *step)))
-            .collect()
     }
 
     /// The queue a list key belongs to.
@@ -174,7 +199,7 @@ impl RedisStore {
             .map(str::to_owned)
         else {
             // Not a kombu envelope: nothing to record; the virtual layer rejects it.
-            return Ok(format!("untracked-{}", uuid::Uuid::new_v4()));
+            return Ok(untracked_tag());
         };
         let info = properties.and_then(|p| p.get("delivery_info"));
         let field = |name: &str| info.and_then(|i| i.get(name)).and_then(Value::as_str);
@@ -242,6 +267,11 @@ impl RedisStore {
     }
 }
 
+/// A tag for a message that is not a kombu envelope: nothing is recorded under it.
+fn untracked_tag() -> StoreTag {
+    format!("untracked-{}", uuid::Uuid::new_v4())
+}
+
 fn now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -272,35 +302,62 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn take(&self, queues: &[String], block: Duration) -> Result<Option<Taken>, BrokerError> {
-        let keys = self.pop_keys(queues);
-        let popped: Option<(String, String)> = if block.is_zero() {
-            let mut invocation = self.pop_first.prepare_invoke();
-            for key in &keys {
-                invocation.key(key);
-            }
-            invocation.invoke_async(&mut self.commands.clone()).await.map_err(op)?
-        } else {
-            // BRPOP's own timeout bounds the wait; the outer one catches a dead connection.
-            let seconds = block.as_secs_f64().max(0.01);
-            let mut blocking = self.blocking.clone();
-            let brpop = blocking.brpop(&keys, seconds);
-            match tokio::time::timeout(block + Duration::from_secs(5), brpop).await {
-                Ok(result) => result.map_err(op)?,
-                Err(_) => return Err(BrokerError::Operation("redis: BRPOP did not answer in time".into())),
-            }
+    async fn take(&self, queues: &[String], max: usize, block: Duration) -> Result<Vec<Taken>, BrokerError> {
+        let lists: Vec<(String, &String)> = PRIORITY_STEPS
+            .iter()
+            .flat_map(|step| queues.iter().map(move |q| (self.list_key(q, *step), q)))
+            .collect();
+        // First whatever is waiting, in one round trip.
+        let mut invocation = self.pop_and_record.key(&self.unacked);
+        invocation
+            .key(&self.unacked_index)
+            .arg(max)
+            .arg(now())
+            .arg(self.max_inspect);
+        for (key, queue) in &lists {
+            invocation.key(key).arg(*queue);
+        }
+        let popped: Vec<(String, String, String)> =
+            invocation.invoke_async(&mut self.commands.clone()).await.map_err(op)?;
+        if !popped.is_empty() || block.is_zero() {
+            return Ok(popped
+                .into_iter()
+                .map(|(key, payload, tag)| {
+                    let tag = if tag.is_empty() { untracked_tag() } else { tag };
+                    Taken {
+                        queue: self.queue_of(&key),
+                        tag,
+                        payload,
+                    }
+                })
+                .collect());
+        }
+        // Then wait for the next one. BRPOP's own timeout bounds the wait; the outer one
+        // catches a dead connection.
+        let keys: Vec<&String> = lists.iter().map(|(key, _)| key).collect();
+        let mut blocking = self.blocking.clone();
+        let brpop = blocking.brpop(&keys, block.as_secs_f64().max(0.01));
+        let popped: Option<(String, String)> = match tokio::time::timeout(block + Duration::from_secs(5), brpop).await {
+            Ok(result) => result.map_err(op)?,
+            Err(_) => return Err(BrokerError::Operation("redis: BRPOP did not answer in time".into())),
         };
-        let Some((key, payload)) = popped else { return Ok(None) };
+        let Some((key, payload)) = popped else {
+            return Ok(Vec::new());
+        };
         let queue = self.queue_of(&key);
         let tag = self.record_unacked(&queue, &payload).await?;
-        Ok(Some(Taken { queue, tag, payload }))
+        Ok(vec![Taken { queue, tag, payload }])
     }
 
     async fn delete(&self, tag: &StoreTag) -> Result<(), BrokerError> {
+        self.delete_many(std::slice::from_ref(tag)).await
+    }
+
+    async fn delete_many(&self, tags: &[StoreTag]) -> Result<(), BrokerError> {
         redis::pipe()
             .atomic()
-            .zrem(&self.unacked_index, tag)
-            .hdel(&self.unacked, tag)
+            .zrem(&self.unacked_index, tags)
+            .hdel(&self.unacked, tags)
             .exec_async(&mut self.commands.clone())
             .await
             .map_err(op)

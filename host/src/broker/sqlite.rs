@@ -148,16 +148,20 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn take(&self, queues: &[String], block: Duration) -> Result<Option<Taken>, BrokerError> {
+    async fn take(&self, queues: &[String], max: usize, block: Duration) -> Result<Vec<Taken>, BrokerError> {
         let deadline = tokio::time::Instant::now() + block;
+        let mut out = Vec::new();
         loop {
             for queue in queues {
-                if let Some(taken) = self.take_from(queue).await? {
-                    return Ok(Some(taken));
+                while out.len() < max {
+                    match self.take_from(queue).await? {
+                        Some(taken) => out.push(taken),
+                        None => break,
+                    }
                 }
             }
-            if tokio::time::Instant::now() >= deadline {
-                return Ok(None);
+            if !out.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(out);
             }
             tokio::time::sleep(self.polling_interval.min(block)).await;
         }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{Broker, BrokerError, Delivery};
+use crate::batch::Batcher;
 use crate::protocol::Message;
 
 /// A store's own handle for a taken message (a row id, a delivery tag, a receipt handle…).
@@ -31,16 +32,26 @@ pub struct Taken {
 /// likely an accident or an attack than a task). Transport option `max_message_size`.
 const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 << 20;
 
+/// Most acks written in one round trip.
+const ACK_BATCH: usize = 512;
+
 /// The few operations a store provides.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     async fn declare(&self, queue: &str) -> Result<(), BrokerError>;
     async fn put(&self, queue: &str, payload: &str, priority: u8) -> Result<(), BrokerError>;
-    /// Take the next visible message from the first of `queues` that has one, leasing it
-    /// to this worker; wait up to `block` for one to arrive (zero: do not wait).
-    async fn take(&self, queues: &[String], block: Duration) -> Result<Option<Taken>, BrokerError>;
+    /// Take up to `max` visible messages, trying `queues` in order, leasing them to this
+    /// worker; if there are none, wait up to `block` for one to arrive (zero: do not wait).
+    async fn take(&self, queues: &[String], max: usize, block: Duration) -> Result<Vec<Taken>, BrokerError>;
     /// Acknowledge: remove for good.
     async fn delete(&self, tag: &StoreTag) -> Result<(), BrokerError>;
+    /// Acknowledge several at once; stores that can do it in one round trip override this.
+    async fn delete_many(&self, tags: &[StoreTag]) -> Result<(), BrokerError> {
+        for tag in tags {
+            self.delete(tag).await?;
+        }
+        Ok(())
+    }
     /// Make a taken message visible again.
     async fn restore(&self, tag: &StoreTag) -> Result<(), BrokerError>;
     /// Keep the leases of these messages fresh.
@@ -70,7 +81,9 @@ struct Reserved {
 
 /// The shared broker behaviour over any [`Store`].
 pub struct VirtualBroker<S: Store> {
-    store: S,
+    store: Arc<S>,
+    /// Acks from concurrent tasks, written together.
+    acks: Batcher<StoreTag, BrokerError>,
     reserved: Mutex<HashMap<u64, Reserved>>,
     next_tag: AtomicU64,
     rotation: AtomicUsize,
@@ -110,8 +123,15 @@ impl<S: Store> VirtualBroker<S> {
                 ))
             })?,
         };
+        let store = Arc::new(store);
+        let flush_store = store.clone();
+        let acks = Batcher::start(ACK_BATCH, move |tags: Vec<StoreTag>| {
+            let store = flush_store.clone();
+            async move { store.delete_many(&tags).await }
+        });
         let broker = Arc::new(VirtualBroker {
             store,
+            acks,
             reserved: Mutex::new(HashMap::new()),
             next_tag: AtomicU64::new(1),
             rotation: AtomicUsize::new(0),
@@ -229,20 +249,17 @@ impl<S: Store> Broker for VirtualBroker<S> {
         if queues.is_empty() || max == 0 {
             return Ok(out);
         }
-        // Wait for the first message; take more only if they are already there.
-        let mut block = wait;
-        while out.len() < max {
-            let Some(taken) = self.store.take(&self.rotated(queues), block).await? else {
-                break;
-            };
-            block = Duration::ZERO;
+        for taken in self.store.take(&self.rotated(queues), max, wait).await? {
             out.extend(self.accept(taken).await?);
         }
         Ok(out)
     }
     async fn ack(&self, delivery: &Delivery) -> Result<(), BrokerError> {
         let reserved = self.release(delivery.tag)?;
-        self.store.delete(&reserved.store_tag).await
+        self.acks.submit(reserved.store_tag).await.map_err(|e| match *e {
+            BrokerError::Closed => BrokerError::Closed,
+            ref other => BrokerError::Operation(other.to_string()),
+        })
     }
 
     async fn reject(&self, delivery: &Delivery, requeue: bool) -> Result<(), BrokerError> {

@@ -128,7 +128,7 @@ fn run_inner(cli: Cli) -> anyhow::Result<ExitCode> {
     let format = cli.common.log_format.clone().or_else(|| file.log_format.clone());
     logging::init(&cli.common.loglevel, format.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

@@ -17,11 +17,16 @@ use std::time::Duration;
 
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::backend::ResultBackend;
+use crate::backend::{BackendError, ResultBackend};
+use crate::batch::Batcher;
 use crate::broker::{Broker, BrokerError};
+use crate::protocol::TaskResult;
 use crate::runtime::Runtime;
 
 pub use executor::ExecutorPool;
+
+/// Most results written in one round trip.
+const RESULT_BATCH: usize = 256;
 
 /// How long one receive call waits for messages before the loop looks around again.
 const RECEIVE_WAIT: Duration = Duration::from_millis(500);
@@ -55,6 +60,8 @@ struct Shared {
     config: WorkerConfig,
     broker: Arc<dyn Broker>,
     backend: Arc<dyn ResultBackend>,
+    /// Results from concurrent tasks, written together.
+    results: Batcher<TaskResult, BackendError>,
     runtime: Arc<Runtime>,
     executors: ExecutorPool,
     /// Free task slots.
@@ -116,6 +123,13 @@ impl Worker {
             config: self.config.clone(),
             broker: self.broker.clone(),
             backend: self.backend.clone(),
+            results: {
+                let backend = self.backend.clone();
+                Batcher::start(RESULT_BATCH, move |results: Vec<TaskResult>| {
+                    let backend = backend.clone();
+                    async move { backend.store_many(&results).await }
+                })
+            },
             runtime: self.runtime.clone(),
             executors,
             slots: Arc::new(Semaphore::new(concurrency)),

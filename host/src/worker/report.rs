@@ -68,7 +68,7 @@ pub(super) async fn store_then_settle(
     }
     let mut delay = Duration::from_millis(250);
     for attempt in 1..=STORE_ATTEMPTS {
-        match shared.backend.store(&result).await {
+        match shared.results.submit(result.clone()).await {
             Ok(()) => {
                 settle(shared, delivery, after).await;
                 return;

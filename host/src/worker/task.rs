@@ -72,7 +72,7 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, slot: Owned
 
     // After an ETA wait: a free slot again, unless the worker is stopping, in which case
     // the message goes back unstarted.
-    let _slot = match slot {
+    let slot = match slot {
         Some(slot) => slot,
         None => tokio::select! {
             slot = shared.slots.clone().acquire_owned() => match slot {
@@ -105,6 +105,9 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, slot: Owned
     };
     let started = Instant::now();
     let outcome = shared.executors.run(plugin, invocation).await;
+    // The slot is for running guests; storing the result and acking are I/O and must
+    // not keep the next task from starting.
+    drop(slot);
     report::outcome(shared, &delivery, &request, outcome, started.elapsed()).await;
 }
 
