@@ -2,6 +2,7 @@
 #   make run      build everything, then run a worker on the embedded SQLite broker
 #   make test     unit, end-to-end and Python Celery interop tests
 #   make plugins  build every plugin under plugins/ into $(CARGO_TARGET_DIR)/plugins/NAME.wasm
+#   make bench    Celeriac against Celery's prefork worker; writes tests/bench/RESULTS.md
 
 CARGO_TARGET_DIR ?= $(CURDIR)/target
 export CARGO_TARGET_DIR
@@ -14,7 +15,7 @@ PLUGIN_OUT := $(CARGO_TARGET_DIR)/plugins
 VENV := $(CARGO_TARGET_DIR)/venv
 RUST_PLUGINS := $(patsubst plugins/%/Cargo.toml,%,$(wildcard plugins/*/Cargo.toml))
 
-.PHONY: all build plugins wasm-target run test test-rust test-interop venv fixtures fmt lint clean
+.PHONY: all build plugins wasm-target run test test-rust test-interop bench venv fixtures fmt lint clean
 
 all: build plugins
 
@@ -58,6 +59,11 @@ test-rust:
 test-interop:
 	CELERIAC_BIN=$(BIN) CELERIAC_PLUGIN_DIR=$(PLUGIN_OUT) \
 		$(VENV)/bin/python -m pytest -q tests/interop
+
+# Speed is measured here, never asserted in tests. BENCH_ARGS="--tasks 5000 --runs 1" for a quick look.
+bench: build plugins venv
+	CELERIAC_BIN=$(BIN) CELERIAC_PLUGIN_DIR=$(PLUGIN_OUT) \
+		$(VENV)/bin/python tests/bench/bench.py $(BENCH_ARGS)
 
 # Re-create the codec fixtures from the real Celery library.
 fixtures: venv

@@ -73,22 +73,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn concurrent_items_share_a_flush_and_errors_reach_everyone() {
-        let sizes = Arc::new(Mutex::new(Vec::new()));
-        let seen = sizes.clone();
+    async fn concurrent_items_share_a_flush_and_an_error_reaches_its_batch_only() {
+        // (batch size, whether it held the poisoned item 13), per flush.
+        let flushes = Arc::new(Mutex::new(Vec::new()));
+        let seen = flushes.clone();
         let batcher = Arc::new(Batcher::start(100, move |items: Vec<u32>| {
             let seen = seen.clone();
             async move {
-                seen.lock().unwrap().push(items.len());
+                let poisoned = items.contains(&13);
+                seen.lock().unwrap().push((items.len(), poisoned));
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                if items.contains(&13) {
+                if poisoned {
                     Err(Error::Refused)
                 } else {
                     Ok(())
                 }
             }
         }));
-        let calls: Vec<_> = (0..50)
+        // Alone, an item is written at once, in a batch of its own.
+        assert!(batcher.submit(0).await.is_ok());
+        let calls: Vec<_> = (1..50)
             .map(|i| {
                 let b = batcher.clone();
                 tokio::spawn(async move { b.submit(i).await })
@@ -101,9 +105,11 @@ mod tests {
                 failed += 1;
             }
         }
-        let sizes = sizes.lock().unwrap().clone();
-        assert_eq!(sizes.iter().sum::<usize>(), 50);
-        assert!(sizes.len() < 50, "items were not batched: {sizes:?}");
-        assert!(failed >= 1 && failed < 50, "only the batch holding 13 fails: {failed}");
+        let flushes = flushes.lock().unwrap().clone();
+        assert_eq!(flushes[0], (1, false));
+        assert_eq!(flushes.iter().map(|f| f.0).sum::<usize>(), 50);
+        assert!(flushes.len() < 50, "items were not batched: {flushes:?}");
+        let poisoned: usize = flushes.iter().filter(|f| f.1).map(|f| f.0).sum();
+        assert_eq!(failed, poisoned, "exactly the items flushed with 13 fail");
     }
 }

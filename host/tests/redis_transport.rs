@@ -60,8 +60,11 @@ async fn keys_follow_kombu_with_a_global_prefix() {
     broker.publish("celery", &task("math.add", 0)).await.unwrap();
     broker.publish("celery", &task("math.add", 5)).await.unwrap();
     let p = &t.prefix.clone();
+    // The lease keeper's sweep may hold `unacked_mutex` for a moment; it is not a queue key.
+    let mut keys = t.keys().await;
+    keys.retain(|k| !k.ends_with("unacked_mutex"));
     assert_eq!(
-        t.keys().await,
+        keys,
         [
             format!("{p}_kombu.binding.celery"),
             format!("{p}_kombu.binding_permanent.celery"),

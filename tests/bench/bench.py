@@ -113,8 +113,6 @@ def one_run(kind, broker, tasks, rtt_calls):
                 time.sleep(0.01)
             drain = time.perf_counter() - began
             rss_busy = rss_kb(process.pid)
-            sample = results[:: max(1, tasks // 100)]
-            assert all(r.get(timeout=10) == 2 * int(r.args[0]) if hasattr(r, "args") and r.args else True for r in sample)
             wrong = [i for i, r in list(enumerate(results))[:: max(1, tasks // 100)] if r.get(timeout=10) != 2 * i]
             assert not wrong, f"{kind}: wrong results for {wrong[:5]}"
             wait_ready(app)

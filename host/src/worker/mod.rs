@@ -1,13 +1,14 @@
 //! The worker loop: consume → dispatch → execute → report.
 //!
-//! A message is taken from the broker only when one of `concurrency` slots is free to
-//! run it (fair dispatch); at most `concurrency × prefetch_multiplier` are reserved at
-//! once, counting those waiting for their ETA (which give their slot back while they
-//! wait). Acknowledgement is late:
+//! `concurrency` slots run guests; at most `concurrency × prefetch_multiplier` messages
+//! are reserved at once, counting those waiting for their ETA (which give their slot
+//! back while they wait). `admission` decides when to take more: fair dispatch with a
+//! bounded look-ahead. Acknowledgement is late:
 //! a message is acked only after its outcome is stored, so a worker that dies loses
 //! nothing. On shutdown it stops consuming, lets running tasks finish, and hands
 //! reserved-but-unstarted messages back to the broker.
 
+mod admission;
 mod executor;
 mod report;
 mod task;
@@ -15,7 +16,7 @@ mod task;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::watch;
 
 use crate::backend::{BackendError, ResultBackend};
 use crate::batch::Batcher;
@@ -64,31 +65,10 @@ struct Shared {
     results: Batcher<TaskResult, BackendError>,
     runtime: Arc<Runtime>,
     executors: ExecutorPool,
-    /// Free task slots.
-    slots: Arc<Semaphore>,
+    /// Reservations, slots and look-ahead.
+    gate: admission::Gate,
     /// Flips to true when a warm shutdown starts.
     stopping: watch::Receiver<bool>,
-}
-
-/// What a message needs before it is taken from the broker: a place among the reserved
-/// messages and a free slot to run in.
-struct Admission {
-    reservation: OwnedSemaphorePermit,
-    slot: OwnedSemaphorePermit,
-}
-
-impl Admission {
-    async fn acquire(reserved: &Arc<Semaphore>, slots: &Arc<Semaphore>) -> Option<Admission> {
-        let reservation = reserved.clone().acquire_owned().await.ok()?;
-        let slot = slots.clone().acquire_owned().await.ok()?;
-        Some(Admission { reservation, slot })
-    }
-
-    fn try_acquire(reserved: &Arc<Semaphore>, slots: &Arc<Semaphore>) -> Option<Admission> {
-        let reservation = reserved.clone().try_acquire_owned().ok()?;
-        let slot = slots.clone().try_acquire_owned().ok()?;
-        Some(Admission { reservation, slot })
-    }
 }
 
 pub struct Worker {
@@ -132,10 +112,9 @@ impl Worker {
             },
             runtime: self.runtime.clone(),
             executors,
-            slots: Arc::new(Semaphore::new(concurrency)),
+            gate: admission::Gate::new(concurrency, prefetch),
             stopping: stop.clone(),
         });
-        let reserved = Arc::new(Semaphore::new(prefetch));
         tracing::info!(
             hostname = %self.config.hostname,
             queues = ?self.config.queues,
@@ -148,16 +127,14 @@ impl Worker {
         let mut stop_signal = stop.clone();
         let mut backoff = Duration::from_millis(100);
         while !*stop.borrow() {
-            // Fetch only when a slot is free (fair dispatch): a message never waits
-            // reserved behind a long task while another worker could run it.
             let first = tokio::select! {
-                permits = Admission::acquire(&reserved, &shared.slots) => match permits {
-                    Some(permits) => permits,
+                admission = shared.gate.admit() => match admission {
+                    Some(admission) => admission,
                     None => break,
                 },
                 _ = stop_signal.changed() => break,
             };
-            let room = 1 + reserved.available_permits().min(shared.slots.available_permits());
+            let room = shared.gate.room();
             let deliveries = match self.broker.receive(&self.config.queues, room, RECEIVE_WAIT).await {
                 Ok(deliveries) => {
                     backoff = Duration::from_millis(100);
@@ -173,11 +150,8 @@ impl Worker {
             };
             let mut first = Some(first);
             for delivery in deliveries {
-                // Only this loop takes permits, and `room` counted them.
-                let Some(admission) = first
-                    .take()
-                    .or_else(|| Admission::try_acquire(&reserved, &shared.slots))
-                else {
+                // Only this loop admits messages, and `room` counted them.
+                let Some(admission) = first.take().or_else(|| shared.gate.try_admit()) else {
                     self.broker.reject(&delivery, true).await?;
                     continue;
                 };
@@ -190,7 +164,7 @@ impl Worker {
         }
         tracing::info!("warm shutdown: no new tasks; waiting for running tasks to finish");
         // Every handler holds a reservation until it has acked or handed its message back.
-        let _all = reserved.acquire_many(prefetch as u32).await;
+        shared.gate.drain(prefetch).await;
         self.broker.close().await?;
         tracing::info!("worker stopped");
         Ok(())

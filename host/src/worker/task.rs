@@ -14,9 +14,8 @@ use crate::broker::Delivery;
 use crate::protocol::{ExceptionInfo, State, TaskRequest, TaskResult};
 use crate::runtime::{Invocation, TaskContext};
 
-/// `slot` is the free slot the message was admitted with.
-pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, slot: OwnedSemaphorePermit) {
-    let mut slot = Some(slot);
+/// `slot` is the free slot the message was admitted with, if there was one.
+pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: Option<OwnedSemaphorePermit>) {
     let request = match TaskRequest::decode(&delivery.message) {
         Ok(request) => request,
         Err(err) => {
@@ -70,14 +69,18 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, slot: Owned
         }
     }
 
-    // After an ETA wait: a free slot again, unless the worker is stopping, in which case
-    // the message goes back unstarted.
+    // A slot, unless none frees up in time (the message goes back to the broker for an
+    // idle worker) or the worker is stopping (it goes back unstarted).
     let slot = match slot {
         Some(slot) => slot,
         None => tokio::select! {
-            slot = shared.slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => return,
+            slot = shared.gate.slot() => match slot {
+                Some(slot) => slot,
+                None => {
+                    tracing::debug!(task_id = %request.id, "no free slot in time; handing the message back");
+                    report::settle(shared, &delivery, report::Settle::Reject { requeue: true }).await;
+                    return;
+                }
             },
             _ = stopped(shared.stopping.clone()) => {
                 report::settle(shared, &delivery, report::Settle::Reject { requeue: true }).await;
@@ -85,6 +88,7 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, slot: Owned
             }
         },
     };
+
     let invocation = Invocation {
         context: TaskContext {
             id: request.id.clone(),
@@ -104,7 +108,9 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, slot: Owned
         progress: Some(report::progress_sink(shared, &request)),
     };
     let started = Instant::now();
+    shared.gate.started(delivery.tag);
     let outcome = shared.executors.run(plugin, invocation).await;
+    shared.gate.finished(delivery.tag);
     // The slot is for running guests; storing the result and acking are I/O and must
     // not keep the next task from starting.
     drop(slot);
