@@ -191,3 +191,26 @@ def test_malformed_messages_are_rejected_and_the_worker_goes_on(db, make_worker)
     assert worker.log().count("rejecting malformed message") == len(bad), worker.log()
     assert client.llen("celery") == 0
     assert client.hlen("unacked") == 0, "rejected messages must not stay unacked"
+
+
+def test_several_queues_are_served_fairly(db, make_worker):
+    app = celery_app(url(db), url(db))
+    on_a = [app.send_task("math.add", (1, i), queue="a") for i in range(60)]
+    on_b = [app.send_task("math.add", (2, i), queue="b") for i in range(60)]
+    worker = make_worker(url(db), url(db), "-Q", "a,b", "--concurrency", "1")
+    assert [r.get(timeout=TIMEOUT) for r in on_a + on_b] == [1 + i for i in range(60)] + [2 + i for i in range(60)]
+    first_half = set(received_ids(worker, "math.add")[:60])
+    assert len(first_half & {r.id for r in on_a}) >= 15, "queue a starved"
+    assert len(first_half & {r.id for r in on_b}) >= 15, "queue b starved"
+
+
+def test_group_results(db, make_worker):
+    from celery import group
+
+    make_worker(url(db), url(db))
+    app = celery_app(url(db), url(db))
+    result = group(app.signature("math.mul", (i, i)) for i in range(20)).apply_async()
+    assert result.get(timeout=TIMEOUT) == [i * i for i in range(20)]
+    result.save()
+    restored = app.GroupResult.restore(result.id)
+    assert restored.get(timeout=TIMEOUT) == [i * i for i in range(20)]

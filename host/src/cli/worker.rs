@@ -15,6 +15,10 @@ use crate::runtime::{cache::default_cache_dir, watcher, Runtime};
 use crate::worker::{Worker, WorkerConfig};
 use crate::{backend, broker};
 
+/// Reserved messages per slot. Celery's default is 4; measured on a Redis drain of short
+/// tasks here, 16 ran 10–12.6k tasks/s against 7.4–7.9k with 4.
+pub const DEFAULT_PREFETCH_MULTIPLIER: usize = 16;
+
 /// The plugin folder when none is given.
 pub const DEFAULT_PLUGINS: &str = "plugins.d";
 
@@ -32,7 +36,9 @@ pub struct WorkerArgs {
     /// Node name (default: celeriac@HOST).
     #[arg(short = 'n', long, env = "CELERIAC_HOSTNAME")]
     pub hostname: Option<String>,
-    /// Messages reserved per slot (default 4, as Celery).
+    /// Messages reserved per slot (default 16; Celery's default is 4). Reserving ahead only
+    /// happens while every running task is under a second old, so a large window keeps
+    /// short tasks streaming without making long ones hold messages hostage.
     #[arg(long, env = "CELERIAC_PREFETCH_MULTIPLIER")]
     pub prefetch_multiplier: Option<usize>,
     /// Store name, args, kwargs, worker, retries and queue with results (Celery's result_extended).
@@ -63,7 +69,10 @@ pub async fn run(common: &CommonArgs, file: &FileConfig, args: WorkerArgs) -> an
             .unwrap_or_else(default_hostname),
         queues,
         concurrency,
-        prefetch_multiplier: args.prefetch_multiplier.or(file.prefetch_multiplier).unwrap_or(4),
+        prefetch_multiplier: args
+            .prefetch_multiplier
+            .or(file.prefetch_multiplier)
+            .unwrap_or(DEFAULT_PREFETCH_MULTIPLIER),
         result_extended: args.result_extended || file.result_extended.unwrap_or(false),
     };
 
