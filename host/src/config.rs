@@ -30,6 +30,8 @@ pub enum BrokerUrl {
     Sqlite(PathBuf),
     /// `redis://`, `rediss://`, `redis+socket://`, as a URL the `redis` crate reads.
     Redis(String),
+    /// `amqp://USER:PASSWORD@HOST:PORT/VHOST`, `amqps://…` (Celery's `pyamqp://` too).
+    Amqp(String),
 }
 
 /// A result backend, by the URL that names it.
@@ -41,8 +43,8 @@ pub enum BackendUrl {
     Redis(String),
 }
 
-const BROKERS_SUPPORTED: &str =
-    "supported: sqlite://FILE, sqla+sqlite:///FILE, redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://…, redis+socket:///PATH";
+const BROKERS_SUPPORTED: &str = "supported: sqlite://FILE, sqla+sqlite:///FILE, redis://[:PASSWORD@]HOST[:PORT][/DB], \
+     rediss://…, redis+socket:///PATH, amqp://USER:PASSWORD@HOST[:PORT]/VHOST, amqps://…";
 const BACKENDS_SUPPORTED: &str =
     "supported: sqlite://FILE, db+sqlite:///FILE, redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://…, redis+socket:///PATH";
 
@@ -87,7 +89,9 @@ impl BrokerUrl {
             "redis" | "rediss" | "redis+socket" | "socket" => redis_url(scheme, rest)
                 .map(BrokerUrl::Redis)
                 .ok_or_else(|| error(BROKERS_SUPPORTED)),
-            "amqp" | "amqps" | "pyamqp" | "sqs" | "zookeeper" => Err(error(&format!(
+            "amqp" | "amqps" => Ok(BrokerUrl::Amqp(url.to_owned())),
+            "pyamqp" => Ok(BrokerUrl::Amqp(format!("amqp://{rest}"))),
+            "sqs" | "zookeeper" => Err(error(&format!(
                 "the {scheme} broker is not built yet; {BROKERS_SUPPORTED}"
             ))),
             _ => Err(error(BROKERS_SUPPORTED)),

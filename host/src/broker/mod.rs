@@ -5,6 +5,7 @@
 //! [`virtual_transport::VirtualBroker`], which holds kombu's virtual-transport semantics
 //! once: the envelope, delivery tags, the unacked set, leases and their restore.
 
+pub mod amqp;
 pub mod redis;
 pub mod sqlite;
 pub mod virtual_transport;
@@ -53,6 +54,11 @@ impl From<crate::batch::Closed> for BrokerError {
 pub trait Broker: Send + Sync {
     /// Make sure the queues exist.
     async fn declare(&self, queues: &[String]) -> Result<(), BrokerError>;
+    /// Start consuming `queues` (declaring them), holding at most `prefetch` unacked
+    /// messages where the broker pushes them (AMQP). Pull brokers only declare.
+    async fn consume(&self, queues: &[String], _prefetch: usize) -> Result<(), BrokerError> {
+        self.declare(queues).await
+    }
     /// Wait up to `wait` for messages from `queues`, returning at most `max` (possibly none).
     /// Taken messages stay reserved for this worker until acked or rejected.
     async fn receive(&self, queues: &[String], max: usize, wait: Duration) -> Result<Vec<Delivery>, BrokerError>;
@@ -77,6 +83,7 @@ pub async fn open(url: &BrokerUrl, options: &HashMap<String, String>) -> Result<
             let store = sqlite::SqliteStore::open(path, options).await?;
             Ok(virtual_transport::VirtualBroker::start(store, options)?)
         }
+        BrokerUrl::Amqp(url) => Ok(Arc::new(amqp::AmqpBroker::open(url, options).await?)),
         BrokerUrl::Redis(url) => {
             let store = redis::RedisStore::open(url, options).await?;
             Ok(virtual_transport::VirtualBroker::start(store, options)?)

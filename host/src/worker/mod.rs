@@ -97,7 +97,7 @@ impl Worker {
     pub async fn run(self, stop: watch::Receiver<bool>) -> Result<(), WorkerError> {
         let concurrency = self.config.concurrency.max(1);
         let prefetch = concurrency * self.config.prefetch_multiplier.max(1);
-        self.broker.declare(&self.config.queues).await?;
+        self.broker.consume(&self.config.queues, prefetch).await?;
         let executors = ExecutorPool::start(self.runtime.clone(), concurrency).map_err(WorkerError::Executors)?;
         let shared = Arc::new(Shared {
             config: self.config.clone(),

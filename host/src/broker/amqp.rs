@@ -1,0 +1,410 @@
+//! RabbitMQ (AMQP 0-9-1) through `lapin`, with Celery's topology: for each queue a
+//! durable direct exchange and a durable queue of the same name, bound by that name.
+//! Messages are pushed by the server up to `prefetch` (basic.qos); acks are late;
+//! everything published waits for the publisher confirm.
+//!
+//! The connection is re-opened on demand: when it or the channel fails, the next
+//! operation reconnects, re-declares and re-consumes. Messages delivered on the dead
+//! channel were not acked, so RabbitMQ delivers them again.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex as SyncMutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use lapin::Acker;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueuePurgeOptions,
+};
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use serde_json::{Map, Number, Value};
+use tokio::sync::{mpsc, Mutex};
+
+use super::{Broker, BrokerError, Delivery};
+use crate::protocol::{DeliveryInfo, Message, Properties};
+
+/// A URL with its password hidden, for logs and errors.
+pub fn redact(url: &str) -> String {
+    super::redis::redact(url)
+}
+
+struct Live {
+    connection: Connection,
+    channel: Channel,
+}
+
+/// Queue arguments from transport options: `max_priority` and `queue_type` (quorum).
+fn queue_arguments(options: &HashMap<String, String>) -> Result<FieldTable, BrokerError> {
+    let mut arguments = FieldTable::default();
+    if let Some(max) = options.get("max_priority") {
+        let max: u8 = max
+            .parse()
+            .map_err(|_| BrokerError::Connection(format!("transport option max_priority={max:?} is not 0-255")))?;
+        arguments.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(max));
+    }
+    if let Some(kind) = options.get("queue_type") {
+        arguments.insert("x-queue-type".into(), AMQPValue::LongString(kind.clone().into()));
+    }
+    Ok(arguments)
+}
+
+pub struct AmqpBroker {
+    url: String,
+    queue_arguments: FieldTable,
+    live: Mutex<Option<Live>>,
+    /// What to consume after a reconnect: queues and prefetch.
+    consuming: SyncMutex<Option<(Vec<String>, u16)>>,
+    inbox: Mutex<mpsc::UnboundedReceiver<lapin::message::Delivery>>,
+    inbox_sender: mpsc::UnboundedSender<lapin::message::Delivery>,
+    held: SyncMutex<HashMap<u64, Acker>>,
+    next_tag: AtomicU64,
+}
+
+fn op(err: lapin::Error) -> BrokerError {
+    BrokerError::Operation(format!("amqp: {err}"))
+}
+
+impl AmqpBroker {
+    pub async fn open(url: &str, options: &HashMap<String, String>) -> Result<AmqpBroker, BrokerError> {
+        let (inbox_sender, inbox) = mpsc::unbounded_channel();
+        let broker = AmqpBroker {
+            url: url.to_owned(),
+            queue_arguments: queue_arguments(options)?,
+            live: Mutex::new(None),
+            consuming: SyncMutex::new(None),
+            inbox: Mutex::new(inbox),
+            inbox_sender,
+            held: SyncMutex::new(HashMap::new()),
+            next_tag: AtomicU64::new(1),
+        };
+        broker
+            .channel()
+            .await
+            .map_err(|e| BrokerError::Connection(format!("cannot connect to {}: {e}", redact(url))))?;
+        Ok(broker)
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Acker>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The live channel, reconnecting (and re-consuming) if the last one died.
+    async fn channel(&self) -> Result<Channel, BrokerError> {
+        let mut live = self.live.lock().await;
+        if let Some(current) = live.as_ref() {
+            if current.channel.status().connected() && current.connection.status().connected() {
+                return Ok(current.channel.clone());
+            }
+            tracing::warn!(url = %redact(&self.url), "AMQP connection lost; reconnecting");
+        }
+        let connection = Connection::connect(&self.url, ConnectionProperties::default())
+            .await
+            .map_err(op)?;
+        let channel = connection.create_channel().await.map_err(op)?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(op)?;
+        let consuming = self.consuming.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some((queues, prefetch)) = consuming {
+            channel
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await
+                .map_err(op)?;
+            for queue in &queues {
+                self.declare_on(&channel, queue).await?;
+                let consumer = channel
+                    .basic_consume(
+                        queue.as_str().into(),
+                        "".into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(op)?;
+                let inbox = self.inbox_sender.clone();
+                let queue = queue.clone();
+                tokio::spawn(async move {
+                    let mut consumer = consumer;
+                    while let Some(delivery) = consumer.next().await {
+                        match delivery {
+                            Ok(delivery) => {
+                                if inbox.send(delivery).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(err) => {
+                                tracing::warn!(queue = %queue, error = %err, "AMQP consumer stopped");
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        }
+        *live = Some(Live {
+            connection,
+            channel: channel.clone(),
+        });
+        Ok(channel)
+    }
+
+    /// Celery's declaration of a queue: direct exchange and durable queue, one name.
+    async fn declare_on(&self, channel: &Channel, queue: &str) -> Result<(), BrokerError> {
+        channel
+            .exchange_declare(
+                queue.into(),
+                ExchangeKind::Direct,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(op)?;
+        channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                self.queue_arguments.clone(),
+            )
+            .await
+            .map_err(op)?;
+        channel
+            .queue_bind(
+                queue.into(),
+                queue.into(),
+                queue.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(op)
+    }
+
+    fn to_delivery(&self, delivery: lapin::message::Delivery) -> Delivery {
+        let p = &delivery.properties;
+        let text = |s: &Option<ShortString>| s.as_ref().map(|s| s.as_str().to_owned());
+        let headers = p.headers().as_ref().map(table_to_json).unwrap_or_default();
+        let message = Message {
+            body: delivery.data,
+            content_type: text(p.content_type()).unwrap_or_else(|| "application/json".into()),
+            content_encoding: text(p.content_encoding()).unwrap_or_else(|| "utf-8".into()),
+            headers,
+            properties: Properties {
+                correlation_id: text(p.correlation_id()),
+                reply_to: text(p.reply_to()),
+                delivery_mode: p.delivery_mode().unwrap_or(2),
+                priority: p.priority().unwrap_or(0),
+                delivery_info: DeliveryInfo {
+                    exchange: delivery.exchange.as_str().to_owned(),
+                    routing_key: delivery.routing_key.as_str().to_owned(),
+                },
+            },
+        };
+        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        self.held().insert(tag, delivery.acker);
+        let queue = message.properties.delivery_info.routing_key.clone();
+        Delivery {
+            message,
+            queue,
+            tag,
+            redelivered: delivery.redelivered,
+        }
+    }
+
+    async fn publish_to(&self, exchange: &str, routing_key: &str, message: &Message) -> Result<(), BrokerError> {
+        let channel = self.channel().await?;
+        let mut properties = BasicProperties::default()
+            .with_content_type(message.content_type.as_str().into())
+            .with_content_encoding(message.content_encoding.as_str().into())
+            .with_headers(json_to_table(&message.headers))
+            .with_delivery_mode(message.properties.delivery_mode)
+            .with_priority(message.properties.priority);
+        if let Some(id) = &message.properties.correlation_id {
+            properties = properties.with_correlation_id(id.as_str().into());
+        }
+        if let Some(reply_to) = &message.properties.reply_to {
+            properties = properties.with_reply_to(reply_to.as_str().into());
+        }
+        let confirm = channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                &message.body,
+                properties,
+            )
+            .await
+            .map_err(op)?;
+        let confirmation = confirm.await.map_err(op)?;
+        if confirmation.is_nack() {
+            return Err(BrokerError::Operation(format!(
+                "RabbitMQ refused the message for {routing_key}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Broker for AmqpBroker {
+    async fn declare(&self, queues: &[String]) -> Result<(), BrokerError> {
+        let channel = self.channel().await?;
+        for queue in queues {
+            self.declare_on(&channel, queue).await?;
+        }
+        Ok(())
+    }
+
+    async fn consume(&self, queues: &[String], prefetch: usize) -> Result<(), BrokerError> {
+        *self.consuming.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((queues.to_vec(), prefetch.min(u16::MAX as usize) as u16));
+        // Force a fresh channel so the consumers start with the right prefetch.
+        if let Some(live) = self.live.lock().await.take() {
+            let _ = live.connection.close(200, "reconfiguring".into()).await;
+        }
+        self.channel().await.map(|_| ())
+    }
+
+    async fn receive(&self, _queues: &[String], max: usize, wait: Duration) -> Result<Vec<Delivery>, BrokerError> {
+        // A dead connection is noticed (and replaced) here, not only when publishing.
+        self.channel().await?;
+        let mut inbox = self.inbox.lock().await;
+        let mut out = Vec::new();
+        if let Ok(Some(first)) = tokio::time::timeout(wait, inbox.recv()).await {
+            out.push(self.to_delivery(first));
+            while out.len() < max {
+                match inbox.try_recv() {
+                    Ok(next) => out.push(self.to_delivery(next)),
+                    Err(_) => break,
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ack(&self, delivery: &Delivery) -> Result<(), BrokerError> {
+        let acker = self
+            .held()
+            .remove(&delivery.tag)
+            .ok_or(BrokerError::UnknownTag(delivery.tag))?;
+        acker.ack(BasicAckOptions::default()).await.map(|_| ()).map_err(op)
+    }
+
+    async fn reject(&self, delivery: &Delivery, requeue: bool) -> Result<(), BrokerError> {
+        let acker = self
+            .held()
+            .remove(&delivery.tag)
+            .ok_or(BrokerError::UnknownTag(delivery.tag))?;
+        acker.reject(BasicRejectOptions { requeue }).await.map(|_| ()).map_err(op)
+    }
+
+    async fn publish(&self, queue: &str, message: &Message) -> Result<(), BrokerError> {
+        // Celery publishes to the default exchange with the queue name as routing key.
+        self.publish_to("", queue, message).await
+    }
+
+    async fn publish_fanout(&self, exchange: &str, routing_key: &str, message: &Message) -> Result<(), BrokerError> {
+        self.publish_to(exchange, routing_key, message).await
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
+        let channel = self.channel().await?;
+        let count = channel
+            .queue_purge(queue.into(), QueuePurgeOptions::default())
+            .await
+            .map_err(op)?;
+        Ok(count.into())
+    }
+
+    async fn close(&self) -> Result<(), BrokerError> {
+        // Closing the connection hands every unacknowledged message back to RabbitMQ.
+        if let Some(live) = self.live.lock().await.take() {
+            live.connection.close(200, "worker shutdown".into()).await.map_err(op)?;
+        }
+        Ok(())
+    }
+}
+
+/// AMQP header table → JSON (Celery's headers are JSON-shaped).
+pub fn table_to_json(table: &FieldTable) -> Map<String, Value> {
+    table
+        .inner()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), value_to_json(v)))
+        .collect()
+}
+
+fn value_to_json(value: &AMQPValue) -> Value {
+    match value {
+        AMQPValue::Boolean(b) => Value::Bool(*b),
+        AMQPValue::ShortShortInt(n) => Value::from(*n),
+        AMQPValue::ShortShortUInt(n) => Value::from(*n),
+        AMQPValue::ShortInt(n) => Value::from(*n),
+        AMQPValue::ShortUInt(n) => Value::from(*n),
+        AMQPValue::LongInt(n) => Value::from(*n),
+        AMQPValue::LongUInt(n) => Value::from(*n),
+        AMQPValue::LongLongInt(n) => Value::from(*n),
+        AMQPValue::Timestamp(n) => Value::from(*n),
+        AMQPValue::Float(f) => Number::from_f64(f64::from(*f))
+            .map(Value::Number)
+            .unwrap_or(Value::Null),
+        AMQPValue::Double(f) => Number::from_f64(*f).map(Value::Number).unwrap_or(Value::Null),
+        AMQPValue::DecimalValue(d) => Number::from_f64(f64::from(d.value) / 10f64.powi(i32::from(d.scale)))
+            .map(Value::Number)
+            .unwrap_or(Value::Null),
+        AMQPValue::ShortString(s) => Value::String(s.as_str().to_owned()),
+        AMQPValue::LongString(s) => Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ByteArray(b) => Value::String(String::from_utf8_lossy(b.as_slice()).into_owned()),
+        AMQPValue::FieldArray(items) => Value::Array(items.as_slice().iter().map(value_to_json).collect()),
+        AMQPValue::FieldTable(table) => Value::Object(table_to_json(table)),
+        AMQPValue::Void => Value::Null,
+    }
+}
+
+/// JSON → AMQP header table, with the types py-amqp uses.
+pub fn json_to_table(map: &Map<String, Value>) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (k, v) in map {
+        table.insert(k.as_str().into(), json_to_value(v));
+    }
+    table
+}
+
+fn json_to_value(value: &Value) -> AMQPValue {
+    match value {
+        Value::Null => AMQPValue::Void,
+        Value::Bool(b) => AMQPValue::Boolean(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => AMQPValue::LongLongInt(i),
+            None => AMQPValue::Double(n.as_f64().unwrap_or(0.0)),
+        },
+        Value::String(s) => AMQPValue::LongString(LongString::from(s.as_bytes().to_vec())),
+        Value::Array(items) => {
+            AMQPValue::FieldArray(FieldArray::from(items.iter().map(json_to_value).collect::<Vec<_>>()))
+        }
+        Value::Object(map) => AMQPValue::FieldTable(json_to_table(map)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn celery_headers_survive_the_amqp_table() {
+        let headers = json!({"task": "math.add", "retries": 0, "timelimit": [null, 1.5], "stamps": {}, "ignore_result": false, "eta": null});
+        let map = headers.as_object().unwrap().clone();
+        assert_eq!(Value::Object(table_to_json(&json_to_table(&map))), headers);
+    }
+}
