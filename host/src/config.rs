@@ -41,12 +41,14 @@ pub enum BackendUrl {
     Sqlite(PathBuf),
     /// `redis://`, `rediss://`, `redis+socket://`, as a URL the `redis` crate reads.
     Redis(String),
+    /// `rpc://`: results go back as messages through the (AMQP) broker.
+    Rpc,
 }
 
 const BROKERS_SUPPORTED: &str = "supported: sqlite://FILE, sqla+sqlite:///FILE, redis://[:PASSWORD@]HOST[:PORT][/DB], \
      rediss://…, redis+socket:///PATH, amqp://USER:PASSWORD@HOST[:PORT]/VHOST, amqps://…";
-const BACKENDS_SUPPORTED: &str =
-    "supported: sqlite://FILE, db+sqlite:///FILE, redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://…, redis+socket:///PATH";
+const BACKENDS_SUPPORTED: &str = "supported: sqlite://FILE, db+sqlite:///FILE, redis://[:PASSWORD@]HOST[:PORT][/DB], \
+     rediss://…, redis+socket:///PATH, rpc:// (with an amqp:// broker)";
 
 /// kombu's Redis URL spellings, as the `redis` crate reads them: `redis+socket:///PATH`
 /// (db in `?virtual_host=N`) becomes `redis+unix:///PATH?db=N`.
@@ -114,7 +116,8 @@ impl BackendUrl {
             "redis" | "rediss" | "redis+socket" | "socket" => redis_url(scheme, rest)
                 .map(BackendUrl::Redis)
                 .ok_or_else(|| error(BACKENDS_SUPPORTED)),
-            "rpc" | "db+postgresql" | "db+mysql" => Err(error(&format!(
+            "rpc" => Ok(BackendUrl::Rpc),
+            "db+postgresql" | "db+mysql" => Err(error(&format!(
                 "the {scheme} backend is not built yet; {BACKENDS_SUPPORTED}"
             ))),
             _ => Err(error(BACKENDS_SUPPORTED)),

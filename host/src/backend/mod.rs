@@ -1,6 +1,7 @@
 //! Result backends. The worker sees a backend only through [`ResultBackend`].
 
 pub mod redis;
+pub mod rpc;
 pub mod sql;
 
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::config::BackendUrl;
+use crate::config::{BackendUrl, BrokerUrl};
 use crate::protocol::TaskResult;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,12 @@ pub trait ResultBackend: Send + Sync {
         Ok(())
     }
 
+    /// For backends that answer by message (`rpc://`): the queue a client must name as
+    /// `reply_to` when it sends a task, declared and consumed from the first call on.
+    async fn reply_to(&self) -> Result<Option<String>, BackendError> {
+        Ok(None)
+    }
+
     /// The latest stored state of a task, if any.
     async fn get(&self, task_id: &str) -> Result<Option<TaskResult>, BackendError>;
 
@@ -66,9 +73,19 @@ pub trait ResultBackend: Send + Sync {
 pub const DEFAULT_RESULT_EXPIRES: u64 = 86_400;
 
 /// Open the backend a URL names. `result_expires` (seconds, 0 = never) applies where the
-/// store supports expiry.
-pub async fn open(url: &BackendUrl, result_expires: u64) -> Result<Arc<dyn ResultBackend>, BackendError> {
+/// store supports expiry; `broker` is where `rpc://` sends results.
+pub async fn open(
+    url: &BackendUrl,
+    result_expires: u64,
+    broker: &BrokerUrl,
+) -> Result<Arc<dyn ResultBackend>, BackendError> {
     match url {
+        BackendUrl::Rpc => match broker {
+            BrokerUrl::Amqp(amqp) => Ok(Arc::new(rpc::RpcBackend::open(amqp).await?)),
+            _ => Err(BackendError::Connection(
+                "rpc:// sends results through the broker: it needs an amqp:// broker".into(),
+            )),
+        },
         BackendUrl::Sqlite(path) => Ok(Arc::new(sql::SqlBackend::open_sqlite(path).await?)),
         BackendUrl::Redis(url) => Ok(Arc::new(redis::RedisBackend::open(url, result_expires).await?)),
     }

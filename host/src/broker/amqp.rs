@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use lapin::Acker;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use lapin::Acker;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde_json::{Map, Number, Value};
 use tokio::sync::{mpsc, Mutex};
@@ -305,7 +305,11 @@ impl Broker for AmqpBroker {
             .held()
             .remove(&delivery.tag)
             .ok_or(BrokerError::UnknownTag(delivery.tag))?;
-        acker.reject(BasicRejectOptions { requeue }).await.map(|_| ()).map_err(op)
+        acker
+            .reject(BasicRejectOptions { requeue })
+            .await
+            .map(|_| ())
+            .map_err(op)
     }
 
     async fn publish(&self, queue: &str, message: &Message) -> Result<(), BrokerError> {

@@ -72,14 +72,23 @@ pub async fn run(common: &CommonArgs, file: &FileConfig, args: CallArgs) -> anyh
         .map(|secs| Utc::now() + chrono::Duration::milliseconds((secs * 1000.0) as i64));
     request.time_limit = (args.time_limit, args.soft_time_limit);
 
+    // With --wait the backend is opened first: an rpc:// backend names the reply queue.
+    let backend = match args.wait {
+        true => Some(backend::open(&connection.backend, connection.result_expires, &connection.broker).await?),
+        false => None,
+    };
+    if let Some(backend) = &backend {
+        if let Some(queue) = backend.reply_to().await? {
+            request.reply_to = Some(queue);
+        }
+    }
     let broker = broker::open(&connection.broker, &connection.transport_options).await?;
     broker.declare(std::slice::from_ref(&args.queue)).await?;
     broker.publish(&args.queue, &request.encode()).await?;
-    if !args.wait {
+    let Some(backend) = backend else {
         println!("{}", request.id);
         return Ok(ExitCode::SUCCESS);
-    }
-    let backend = backend::open(&connection.backend, connection.result_expires).await?;
+    };
     let timeout = Duration::from_secs_f64(args.timeout.max(0.0));
     let result = backend.wait(&request.id, timeout).await?;
     print_result(&request.id, result.as_ref(), timeout)

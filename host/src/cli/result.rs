@@ -24,7 +24,7 @@ pub struct ResultArgs {
 
 pub async fn run(common: &CommonArgs, file: &FileConfig, args: ResultArgs) -> anyhow::Result<ExitCode> {
     let connection = common.connection(file)?;
-    let backend = backend::open(&connection.backend, connection.result_expires).await?;
+    let backend = backend::open(&connection.backend, connection.result_expires, &connection.broker).await?;
     let timeout = Duration::from_secs_f64(if args.wait { args.timeout.max(0.0) } else { 0.0 });
     let result = backend.wait(&args.id, timeout).await?;
     print_result(&args.id, result.as_ref(), timeout)

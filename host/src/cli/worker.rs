@@ -86,7 +86,7 @@ pub async fn run(common: &CommonArgs, file: &FileConfig, args: WorkerArgs) -> an
     let broker = broker::open(&connection.broker, &connection.transport_options)
         .await
         .context("cannot open the broker")?;
-    let backend = backend::open(&connection.backend, connection.result_expires)
+    let backend = backend::open(&connection.backend, connection.result_expires, &connection.broker)
         .await
         .context("cannot open the result backend")?;
 

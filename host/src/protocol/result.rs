@@ -135,6 +135,15 @@ pub struct TaskResult {
     pub parent_id: Option<String>,
     pub group_id: Option<String>,
     pub extended: Option<Extended>,
+    /// Where the sender waits for this result (the `rpc://` backend's reply queue).
+    pub reply_to: Option<ReplyTo>,
+}
+
+/// A task's `reply_to` queue and `correlation_id`, for backends that answer by message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplyTo {
+    pub queue: String,
+    pub correlation_id: String,
 }
 
 impl TaskResult {
@@ -149,6 +158,7 @@ impl TaskResult {
             parent_id: None,
             group_id: None,
             extended: None,
+            reply_to: None,
         }
     }
 
@@ -209,6 +219,7 @@ impl TaskResult {
             parent_id: meta.get("parent_id").and_then(Value::as_str).map(str::to_owned),
             group_id: meta.get("group_id").and_then(Value::as_str).map(str::to_owned),
             extended: None,
+            reply_to: None,
         })
     }
 }

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::Shared;
 use crate::broker::Delivery;
-use crate::protocol::result::Extended;
+use crate::protocol::result::{Extended, ReplyTo};
 use crate::protocol::{ExceptionInfo, State, TaskRequest, TaskResult};
 use crate::runtime::{Outcome, ProgressSink};
 
@@ -40,6 +40,10 @@ pub(super) async fn settle(shared: &Shared, delivery: &Delivery, settle: Settle)
 pub(super) fn annotate(shared: &Shared, request: &TaskRequest, result: &mut TaskResult) {
     result.parent_id = request.parent_id.clone();
     result.group_id = request.group.clone();
+    result.reply_to = request.reply_to.clone().filter(|q| !q.is_empty()).map(|queue| ReplyTo {
+        queue,
+        correlation_id: request.correlation_id.clone(),
+    });
     if shared.config.result_extended {
         result.extended = Some(Extended {
             name: request.name.clone(),

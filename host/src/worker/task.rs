@@ -41,7 +41,8 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
         tracing::error!(task_id = %id, task = %name,
             "Received unregistered task of type {name:?}. The message has been ignored and discarded.");
         let exc = ExceptionInfo::new("NotRegistered", "celery.exceptions", name);
-        let result = TaskResult::failure(id, &exc, None);
+        let mut result = TaskResult::failure(id, &exc, None);
+        report::annotate(shared, &request, &mut result);
         report::store_then_settle(
             shared,
             &delivery,
