@@ -1,6 +1,6 @@
 """Celeriac against Celery's prefork worker, same broker, same backend, same run.
 
-For each broker it (1) fills the queue with N `math.add` tasks from the real Python
+For each broker (Redis; RabbitMQ with results on Redis) it (1) fills the queue with N `math.add` tasks from the real Python
 Celery client while no worker runs, (2) starts the worker (`-c 2`) and times the drain
 until every result is stored, (3) measures round-trip latency of sequential
 `send_task(...).get()` calls, and (4) records the worker's RSS (all processes) while
@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import amqp
 import redis
 from celery import Celery
 
@@ -52,6 +53,7 @@ class Redis:
 
     def __init__(self):
         self.url = f"redis://127.0.0.1:6379/{REDIS_DB}"
+        self.backend_url = self.url
         self.client = redis.Redis("127.0.0.1", 6379, db=REDIS_DB)
 
     def reset(self):
@@ -63,12 +65,34 @@ class Redis:
                 and self.client.dbsize() >= n)
 
 
+class Amqp:
+    """RabbitMQ as broker, results on Redis (the usual pairing)."""
+
+    name = "rabbitmq"
+
+    def __init__(self):
+        self.url = "amqp://guest:guest@127.0.0.1:5672//"
+        self.backend_url = f"redis://127.0.0.1:6379/{REDIS_DB}"
+        self.results = redis.Redis("127.0.0.1", 6379, db=REDIS_DB)
+
+    def reset(self):
+        self.results.flushdb()
+        with amqp.Connection("127.0.0.1:5672", userid="guest", password="guest") as conn:
+            channel = conn.channel()
+            channel.queue_declare("celery", durable=True, auto_delete=False)
+            channel.queue_purge("celery")
+
+    def drained(self, n):
+        """Every result stored."""
+        return self.results.dbsize() >= n
+
+
 def start_celeriac(broker, log):
     folder = Path(tempfile.mkdtemp(prefix="celeriac-bench-"))
     (folder / "plugins.d").mkdir()
     (folder / "plugins.d" / "math.wasm").write_bytes((PLUGINS / "math.wasm").read_bytes())
     process = subprocess.Popen(
-        [str(BIN), "--broker", broker.url, "--result-backend", broker.url, "--loglevel", "warn",
+        [str(BIN), "--broker", broker.url, "--result-backend", broker.backend_url, "--loglevel", "warn",
          "worker", "--plugins", str(folder / "plugins.d"), "-c", "2"],
         cwd=folder, stdout=subprocess.DEVNULL, stderr=log,
     )
@@ -76,7 +100,7 @@ def start_celeriac(broker, log):
 
 
 def start_celery(broker, log):
-    env = dict(os.environ, BENCH_BROKER=broker.url, BENCH_BACKEND=broker.url, PYTHONPATH=str(HERE))
+    env = dict(os.environ, BENCH_BROKER=broker.url, BENCH_BACKEND=broker.backend_url, PYTHONPATH=str(HERE))
     return subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "celery_tasks", "worker", "-c", "2", "-P", "prefork",
          "--loglevel", "warning", "--without-gossip", "--without-mingle", "--without-heartbeat"],
@@ -98,7 +122,7 @@ def wait_ready(app, timeout=60):
 
 def one_run(kind, broker, tasks, rtt_calls):
     broker.reset()
-    app = Celery("bench-client", broker=broker.url, backend=broker.url)
+    app = Celery("bench-client", broker=broker.url, backend=broker.backend_url)
     # Fill the queue while no worker runs.
     results = [app.send_task("math.add", (i, i)) for i in range(tasks)]
     start = start_celeriac if kind == "celeriac" else start_celery
@@ -147,7 +171,7 @@ def main():
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args()
 
-    brokers = [Redis()]
+    brokers = [Redis(), Amqp()]
     rows = []
     for broker in brokers:
         figures = {"celeriac": [], "celery": []}

@@ -1,0 +1,110 @@
+"""Python Celery clients against Celeriac on the real RabbitMQ (127.0.0.1:5672, guest).
+
+Each test consumes queues named for it alone and deletes them afterwards.
+"""
+
+import json
+import shutil
+import subprocess
+import time
+import uuid
+
+import amqp
+import pytest
+import redis
+from billiard.exceptions import TimeLimitExceeded
+
+from conftest import REDIS_HOST, REDIS_PORT, celery_app
+from test_redis import db  # noqa: F401  (fixture: a fresh Redis database)
+
+BROKER = "amqp://guest:guest@127.0.0.1:5672//"
+TIMEOUT = 60
+
+
+@pytest.fixture
+def queue():
+    name = f"celeriac-test-{uuid.uuid4()}"
+    yield name
+    with amqp.Connection("127.0.0.1:5672", userid="guest", password="guest") as conn:
+        channel = conn.channel()
+        channel.queue_delete(name)
+        channel.exchange_delete(name)
+
+
+def redis_url(db):
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+
+
+def test_a_thousand_tasks_with_rpc_results(queue, make_worker):
+    make_worker(BROKER, "rpc://", "-Q", queue)
+    app = celery_app(BROKER, "rpc://")
+    results = [app.send_task("math.add", (i, i), queue=queue) for i in range(1000)]
+    assert [r.get(timeout=TIMEOUT) for r in results] == [2 * i for i in range(1000)]
+    with pytest.raises(ZeroDivisionError):
+        app.send_task("math.div", (1, 0), queue=queue).get(timeout=TIMEOUT)
+    with pytest.raises(TimeLimitExceeded):
+        app.send_task("math.spin", (60000,), queue=queue, time_limit=1).get(timeout=TIMEOUT)
+
+
+def test_a_thousand_tasks_with_redis_results(queue, db, make_worker):  # noqa: F811
+    make_worker(BROKER, redis_url(db), "-Q", queue)
+    app = celery_app(BROKER, redis_url(db))
+    results = [app.send_task("math.add", (i, i), queue=queue) for i in range(1000)]
+    assert [r.get(timeout=TIMEOUT) for r in results] == [2 * i for i in range(1000)]
+
+
+def results_in_redis(db, ids, timeout=TIMEOUT):  # noqa: F811
+    client = redis.Redis(REDIS_HOST, REDIS_PORT, db=db)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        metas = client.mget([f"celery-task-meta-{i}" for i in ids])
+        if all(m is not None for m in metas):
+            break
+        time.sleep(0.2)
+    return [json.loads(m) for m in metas if m is not None]
+
+
+def test_a_killed_worker_loses_nothing(queue, db, make_worker):  # noqa: F811
+    first = make_worker(BROKER, redis_url(db), "-Q", queue)
+    app = celery_app(BROKER, redis_url(db))
+    ids = [app.send_task("math.spin", (100,), queue=queue).id for _ in range(60)]
+    first.wait_for_log("Task math.spin[")
+    time.sleep(0.5)
+    first.kill()
+    make_worker(BROKER, redis_url(db), "-Q", queue)
+    done = results_in_redis(db, ids)
+    assert len(done) == len(ids), f"{len(ids) - len(done)} tasks lost"
+    assert all(m["status"] == "SUCCESS" for m in done)
+
+
+@pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl")
+def test_closed_connections_are_recovered(queue, db, make_worker):  # noqa: F811
+    worker = make_worker(BROKER, redis_url(db), "-Q", queue)
+    app = celery_app(BROKER, redis_url(db))
+    ids = [app.send_task("math.spin", (20,), queue=queue).id for _ in range(200)]
+    worker.wait_for_log("Task math.spin[")
+    subprocess.run(["rabbitmqctl", "close_all_connections", "celeriac test"], check=True, capture_output=True)
+    done = results_in_redis(db, ids)
+    assert len(done) == len(ids), f"{len(ids) - len(done)} tasks lost:\n{worker.log()[-3000:]}"
+    assert "AMQP connection lost; reconnecting" in worker.log()
+
+
+def test_malformed_messages_are_rejected_and_the_worker_goes_on(queue, db, make_worker):  # noqa: F811
+    worker = make_worker(BROKER, redis_url(db), "-Q", queue)
+    bad = [
+        (b"not json", {"task": "math.add", "id": "not-json"}, "application/json"),
+        (b"[[2, 3], {}]", {"task": "math.add", "id": "two-element-body"}, "application/json"),
+        (b"[[2, 3], {}, {}]", {"id": "no-task-header"}, "application/json"),
+        (b"\x80\x04K\x05.", {"task": "math.add", "id": "pickle-body"}, "application/x-python-serialize"),
+    ]
+    with amqp.Connection("127.0.0.1:5672", userid="guest", password="guest") as conn:
+        channel = conn.channel()
+        for body, headers, content_type in bad:
+            message = amqp.Message(body, content_type=content_type, content_encoding="utf-8",
+                                   application_headers=headers, delivery_mode=2)
+            channel.basic_publish(message, exchange="", routing_key=queue)
+    app = celery_app(BROKER, redis_url(db))
+    assert app.send_task("math.add", (20, 22), queue=queue).get(timeout=TIMEOUT) == 42
+    for _, headers, _ in bad:
+        worker.wait_for_log(f"task_id={headers['id']}" if "id" in headers else "rejecting")
+    assert worker.log().count("rejecting malformed message") == len(bad)
