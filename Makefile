@@ -15,7 +15,7 @@ PLUGIN_OUT := $(CARGO_TARGET_DIR)/plugins
 VENV := $(CARGO_TARGET_DIR)/venv
 RUST_PLUGINS := $(patsubst plugins/%/Cargo.toml,%,$(wildcard plugins/*/Cargo.toml))
 
-.PHONY: all build plugins wasm-target run test test-rust test-interop bench venv fixtures fmt lint clean
+.PHONY: all build plugins wasm-target run test services test-rust test-interop bench venv fixtures fmt lint clean
 
 all: build plugins
 
@@ -50,7 +50,11 @@ $(VENV)/.installed: tests/interop/requirements.txt
 	$(VENV)/bin/pip install -q -r tests/interop/requirements.txt
 	touch $@
 
-test: build plugins venv test-rust test-interop
+test: build plugins venv services test-rust test-interop
+
+# Redis and RabbitMQ on 127.0.0.1, started if they are not running.
+services:
+	@tests/services.sh
 
 test-rust:
 	CELERIAC_BIN=$(BIN) CELERIAC_PLUGIN_DIR=$(PLUGIN_OUT) \

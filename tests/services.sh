@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Start the services `make test` talks to when they are not running, with this machine
+# kind's own commands (see README). Already-running services are left alone.
+set -euo pipefail
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+  for _ in $(seq 1 120); do
+    port_open "$1" && return 0
+    sleep 1
+  done
+  echo "$2 did not come up on 127.0.0.1:$1" >&2
+  return 1
+}
+
+if ! port_open 6379; then
+  echo "starting Redis on 127.0.0.1:6379"
+  mkdir -p /var/lib/redis /var/log/redis
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/ci.log
+  wait_port 6379 Redis
+fi
+
+if ! port_open 5672; then
+  echo "starting RabbitMQ on 127.0.0.1:5672"
+  rabbitmq-server -detached
+  wait_port 5672 RabbitMQ
+fi
