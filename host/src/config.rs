@@ -181,6 +181,14 @@ pub fn parse_transport_options(pairs: &[String]) -> Result<HashMap<String, Strin
         .collect()
 }
 
+/// A URL with its password hidden, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => format!("{}://***@{}", &url[..scheme_end], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
 /// The default node name, `celeriac@<host>`, as Celery's `celery@<host>`.
 pub fn default_hostname() -> String {
     format!("celeriac@{}", gethostname::gethostname().to_string_lossy())
@@ -224,6 +232,12 @@ mod tests {
             BackendUrl::parse("rediss://h/1").unwrap(),
             BackendUrl::Redis("rediss://h/1".into())
         );
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("redis://:secret@host:6379/1"), "redis://***@host:6379/1");
+        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
     }
 
     #[test]

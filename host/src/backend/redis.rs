@@ -10,7 +10,8 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
 use super::{BackendError, ResultBackend};
-use crate::broker::redis::{connect, redact};
+use crate::broker::redis::connect;
+use crate::config::redact;
 use crate::protocol::TaskResult;
 
 /// Celery's key prefix for task results.

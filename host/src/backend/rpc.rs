@@ -19,8 +19,9 @@ use serde_json::Map;
 use tokio::sync::{Notify, OnceCell};
 
 use super::{BackendError, ResultBackend};
-use crate::broker::amqp::{redact, AmqpBroker};
+use crate::broker::amqp::AmqpBroker;
 use crate::broker::Broker;
+use crate::config::redact;
 use crate::protocol::{DeliveryInfo, Message, Properties, TaskResult};
 
 /// The client side: a reply queue and what arrived on it.

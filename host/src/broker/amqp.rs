@@ -25,12 +25,8 @@ use serde_json::{Map, Number, Value};
 use tokio::sync::{mpsc, Mutex};
 
 use super::{Broker, BrokerError, Delivery};
+use crate::config::redact;
 use crate::protocol::{DeliveryInfo, Message, Properties};
-
-/// A URL with its password hidden, for logs and errors.
-pub fn redact(url: &str) -> String {
-    super::redis::redact(url)
-}
 
 struct Live {
     connection: Connection,

@@ -23,6 +23,7 @@ use serde_json::Value;
 
 use super::virtual_transport::{Store, StoreTag, Taken};
 use super::BrokerError;
+use crate::config::redact;
 
 /// kombu's separator between a queue name and its priority step.
 pub const SEP: &str = "\x06\x16";
@@ -109,14 +110,6 @@ fn connection_error(url: &str, err: redis::RedisError) -> BrokerError {
 
 fn op(err: redis::RedisError) -> BrokerError {
     BrokerError::Operation(format!("redis: {err}"))
-}
-
-/// A URL with its password hidden, for logs and errors.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => format!("{}://***@{}", &url[..scheme_end], &url[at + 1..]),
-        _ => url.to_owned(),
-    }
 }
 
 /// The list that holds messages of `priority` (0–9, clamped) for `queue`.
@@ -467,11 +460,5 @@ mod tests {
     fn priorities_map_to_kombu_steps() {
         let steps: Vec<u8> = (0..=12).map(step_of).collect();
         assert_eq!(steps, [0, 0, 0, 3, 3, 3, 6, 6, 6, 9, 9, 9, 9]);
-    }
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(redact("redis://:secret@host:6379/1"), "redis://***@host:6379/1");
-        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
     }
 }
