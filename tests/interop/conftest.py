@@ -5,6 +5,8 @@ tests never see each other's messages. `make test` sets CELERIAC_BIN and
 CELERIAC_PLUGIN_DIR.
 """
 
+import itertools
+import json
 import os
 import shutil
 import signal
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 from celery import Celery
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,6 +24,7 @@ BIN = Path(os.environ.get("CELERIAC_BIN", TARGET / "release" / "celeriac"))
 PLUGINS = Path(os.environ.get("CELERIAC_PLUGIN_DIR", TARGET / "plugins"))
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
+_redis_databases = itertools.cycle(range(1, 16))
 
 
 class Worker:
@@ -96,11 +100,32 @@ def make_worker(tmp_path):
         worker.stop()
 
 
+def stored_results(client, ids, timeout=60):
+    """Wait until Redis holds a result for every id, then return the metas found (read
+    straight from Redis, so a client reconnecting after a fault cannot hide a loss)."""
+    deadline = time.time() + timeout
+    while True:
+        metas = client.mget([f"celery-task-meta-{i}" for i in ids])
+        if all(m is not None for m in metas) or time.time() > deadline:
+            return [json.loads(m) for m in metas if m is not None]
+        time.sleep(0.2)
+
+
 def celery_app(broker, backend, **conf):
     """A Celery client configured exactly as the README tells users to."""
     app = Celery("interop", broker=broker, backend=backend)
     app.conf.update(**conf)
     return app
+
+
+@pytest.fixture
+def db():
+    """A Redis database number of the test's own, flushed before and after."""
+    number = next(_redis_databases)
+    client = redis.Redis(REDIS_HOST, REDIS_PORT, db=number)
+    client.flushdb()
+    yield number
+    client.flushdb()
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 Each test consumes queues named for it alone and deletes them afterwards.
 """
 
-import json
 import shutil
 import subprocess
 import time
@@ -14,8 +13,7 @@ import pytest
 import redis
 from billiard.exceptions import TimeLimitExceeded
 
-from conftest import REDIS_HOST, REDIS_PORT, celery_app
-from test_redis import db  # noqa: F401  (fixture: a fresh Redis database)
+from conftest import REDIS_HOST, REDIS_PORT, celery_app, stored_results
 
 BROKER = "amqp://guest:guest@127.0.0.1:5672//"
 TIMEOUT = 60
@@ -46,25 +44,14 @@ def test_a_thousand_tasks_with_rpc_results(queue, make_worker):
         app.send_task("math.spin", (60000,), queue=queue, time_limit=1).get(timeout=TIMEOUT)
 
 
-def test_a_thousand_tasks_with_redis_results(queue, db, make_worker):  # noqa: F811
+def test_a_thousand_tasks_with_redis_results(queue, db, make_worker):
     make_worker(BROKER, redis_url(db), "-Q", queue)
     app = celery_app(BROKER, redis_url(db))
     results = [app.send_task("math.add", (i, i), queue=queue) for i in range(1000)]
     assert [r.get(timeout=TIMEOUT) for r in results] == [2 * i for i in range(1000)]
 
 
-def results_in_redis(db, ids, timeout=TIMEOUT):  # noqa: F811
-    client = redis.Redis(REDIS_HOST, REDIS_PORT, db=db)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        metas = client.mget([f"celery-task-meta-{i}" for i in ids])
-        if all(m is not None for m in metas):
-            break
-        time.sleep(0.2)
-    return [json.loads(m) for m in metas if m is not None]
-
-
-def test_a_killed_worker_loses_nothing(queue, db, make_worker):  # noqa: F811
+def test_a_killed_worker_loses_nothing(queue, db, make_worker):
     first = make_worker(BROKER, redis_url(db), "-Q", queue)
     app = celery_app(BROKER, redis_url(db))
     ids = [app.send_task("math.spin", (100,), queue=queue).id for _ in range(60)]
@@ -72,24 +59,24 @@ def test_a_killed_worker_loses_nothing(queue, db, make_worker):  # noqa: F811
     time.sleep(0.5)
     first.kill()
     make_worker(BROKER, redis_url(db), "-Q", queue)
-    done = results_in_redis(db, ids)
+    done = stored_results(redis.Redis(REDIS_HOST, REDIS_PORT, db=db), ids, TIMEOUT)
     assert len(done) == len(ids), f"{len(ids) - len(done)} tasks lost"
     assert all(m["status"] == "SUCCESS" for m in done)
 
 
 @pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl")
-def test_closed_connections_are_recovered(queue, db, make_worker):  # noqa: F811
+def test_closed_connections_are_recovered(queue, db, make_worker):
     worker = make_worker(BROKER, redis_url(db), "-Q", queue)
     app = celery_app(BROKER, redis_url(db))
     ids = [app.send_task("math.spin", (20,), queue=queue).id for _ in range(200)]
     worker.wait_for_log("Task math.spin[")
     subprocess.run(["rabbitmqctl", "close_all_connections", "celeriac test"], check=True, capture_output=True)
-    done = results_in_redis(db, ids)
+    done = stored_results(redis.Redis(REDIS_HOST, REDIS_PORT, db=db), ids, TIMEOUT)
     assert len(done) == len(ids), f"{len(ids) - len(done)} tasks lost:\n{worker.log()[-3000:]}"
     assert "AMQP connection lost; reconnecting" in worker.log()
 
 
-def test_malformed_messages_are_rejected_and_the_worker_goes_on(queue, db, make_worker):  # noqa: F811
+def test_malformed_messages_are_rejected_and_the_worker_goes_on(queue, db, make_worker):
     worker = make_worker(BROKER, redis_url(db), "-Q", queue)
     bad = [
         (b"not json", {"task": "math.add", "id": "not-json"}, "application/json"),

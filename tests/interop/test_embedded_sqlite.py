@@ -32,6 +32,12 @@ def test_time_limit_fails_the_task_and_the_worker_keeps_serving(sqlite_app):
     assert sqlite_app.send_task("math.mul", (6, 7)).get(timeout=TIMEOUT, interval=0.05) == 42
 
 
+def test_absurd_time_limits_are_clamped_not_fatal(sqlite_app):
+    """A limit too large for any clock (here 1e300 s) must not crash the worker."""
+    result = sqlite_app.send_task("math.add", (1, 2), time_limit=1e300, soft_time_limit=1e300)
+    assert result.get(timeout=TIMEOUT, interval=0.05) == 3
+
+
 def test_unknown_task_raises_not_registered(sqlite_app):
     with pytest.raises(NotRegistered):
         sqlite_app.send_task("math.nope", ()).get(timeout=TIMEOUT, interval=0.05)

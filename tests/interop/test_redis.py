@@ -5,7 +5,6 @@ each other's keys. The Redis-restart test runs a private redis-server on a free 
 """
 
 import base64
-import itertools
 import json
 import shutil
 import socket
@@ -18,21 +17,9 @@ import redis
 from billiard.exceptions import TimeLimitExceeded
 from celery.exceptions import NotRegistered
 
-from conftest import REDIS_HOST, REDIS_PORT, celery_app
+from conftest import REDIS_HOST, REDIS_PORT, celery_app, stored_results
 
 TIMEOUT = 60
-_databases = itertools.cycle(range(1, 16))
-
-
-@pytest.fixture
-def db():
-    number = next(_databases)
-    client = redis.Redis(REDIS_HOST, REDIS_PORT, db=number)
-    client.flushdb()
-    yield number
-    client.flushdb()
-
-
 def url(db, port=REDIS_PORT):
     return f"redis://{REDIS_HOST}:{port}/{db}"
 
@@ -148,14 +135,7 @@ def test_redis_restarting_mid_run_loses_nothing(tmp_path, make_worker):
         server.wait(timeout=10)
         time.sleep(1)
         server = start_redis(port, tmp_path)
-        client = redis.Redis("127.0.0.1", port)
-        deadline = time.time() + TIMEOUT
-        while time.time() < deadline:
-            metas = client.mget([f"celery-task-meta-{i}" for i in ids])
-            if all(m is not None for m in metas):
-                break
-            time.sleep(0.2)
-        done = [json.loads(m) for m in metas if m is not None]
+        done = stored_results(redis.Redis("127.0.0.1", port), ids, TIMEOUT)
         assert len(done) == len(ids), f"{len(ids) - len(done)} tasks lost"
         assert all(m["status"] == "SUCCESS" and m["result"] == 30 for m in done)
     finally:

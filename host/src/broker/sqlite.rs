@@ -200,7 +200,12 @@ impl Store for SqliteStore {
     }
 
     async fn restore_expired(&self, timeout: Duration) -> Result<u64, BrokerError> {
-        let cutoff = Utc::now() - chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
+        let Some(cutoff) = chrono::Duration::from_std(timeout)
+            .ok()
+            .and_then(|t| Utc::now().checked_sub_signed(t))
+        else {
+            return Ok(0); // a timeout longer than the calendar: nothing has expired
+        };
         let done = sqlx::query(
             "UPDATE kombu_message SET visible = 1, version = version + 1
              WHERE visible = 0 AND timestamp IS NOT NULL AND timestamp < ?",

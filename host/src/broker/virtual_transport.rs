@@ -16,6 +16,7 @@ use async_trait::async_trait;
 
 use super::{Broker, BrokerError, Delivery};
 use crate::batch::Batcher;
+use crate::protocol::time::seconds;
 use crate::protocol::Message;
 
 /// A store's own handle for a taken message (a row id, a delivery tag, a receipt handle…).
@@ -101,8 +102,8 @@ pub fn seconds_option(
         Some(text) => text
             .parse::<f64>()
             .ok()
-            .filter(|v| v.is_finite() && *v > 0.0)
-            .map(Duration::from_secs_f64)
+            .filter(|v| *v > 0.0)
+            .and_then(seconds)
             .ok_or_else(|| {
                 BrokerError::Connection(format!(
                     "transport option {key}={text:?} is not a positive number of seconds"

@@ -1,17 +1,15 @@
 //! `celeriac call`: publish one task exactly as a Celery client does.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context as _;
-use chrono::Utc;
 use clap::Args;
 use serde_json::{Map, Value};
 
 use super::result::print_result;
 use super::CommonArgs;
 use crate::config::FileConfig;
-use crate::protocol::time::parse_iso;
+use crate::protocol::time::{from_now, parse_iso, seconds};
 use crate::protocol::TaskRequest;
 use crate::{backend, broker};
 
@@ -64,12 +62,13 @@ pub async fn run(common: &CommonArgs, file: &FileConfig, args: CallArgs) -> anyh
     request.delivery_info.routing_key = args.queue.clone();
     request.eta = match (&args.eta, args.countdown) {
         (Some(text), _) => Some(parse_iso(text).with_context(|| format!("--eta {text:?} is not an ISO 8601 time"))?),
-        (None, Some(secs)) => Some(Utc::now() + chrono::Duration::milliseconds((secs * 1000.0) as i64)),
+        (None, Some(secs)) => Some(from_now(secs.max(0.0)).context("--countdown must be a number of seconds")?),
         (None, None) => None,
     };
-    request.expires = args
-        .expires
-        .map(|secs| Utc::now() + chrono::Duration::milliseconds((secs * 1000.0) as i64));
+    request.expires = match args.expires {
+        Some(secs) => Some(from_now(secs.max(0.0)).context("--expires must be a number of seconds")?),
+        None => None,
+    };
     request.time_limit = (args.time_limit, args.soft_time_limit);
 
     // With --wait the backend is opened first: an rpc:// backend names the reply queue.
@@ -89,7 +88,7 @@ pub async fn run(common: &CommonArgs, file: &FileConfig, args: CallArgs) -> anyh
         println!("{}", request.id);
         return Ok(ExitCode::SUCCESS);
     };
-    let timeout = Duration::from_secs_f64(args.timeout.max(0.0));
+    let timeout = seconds(args.timeout).unwrap_or_default();
     let result = backend.wait(&request.id, timeout).await?;
     print_result(&request.id, result.as_ref(), timeout)
 }

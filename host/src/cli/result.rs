@@ -8,6 +8,7 @@ use clap::Args;
 use super::CommonArgs;
 use crate::backend;
 use crate::config::FileConfig;
+use crate::protocol::time::seconds;
 use crate::protocol::{State, TaskResult};
 
 #[derive(Debug, Args)]
@@ -25,7 +26,11 @@ pub struct ResultArgs {
 pub async fn run(common: &CommonArgs, file: &FileConfig, args: ResultArgs) -> anyhow::Result<ExitCode> {
     let connection = common.connection(file)?;
     let backend = backend::open(&connection.backend, connection.result_expires, &connection.broker).await?;
-    let timeout = Duration::from_secs_f64(if args.wait { args.timeout.max(0.0) } else { 0.0 });
+    let timeout = if args.wait {
+        seconds(args.timeout).unwrap_or_default()
+    } else {
+        Duration::ZERO
+    };
     let result = backend.wait(&args.id, timeout).await?;
     print_result(&args.id, result.as_ref(), timeout)
 }

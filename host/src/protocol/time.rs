@@ -1,6 +1,27 @@
 //! Timestamps as Celery writes and reads them.
 
+use std::time::Duration;
+
 use chrono::{DateTime, NaiveDateTime, Utc};
+
+/// The longest delay or wait the host plans with: a year, far beyond any real task and
+/// far from the clocks' limits, so adding it to "now" never overflows.
+pub const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Seconds from outside the process (a header, a flag, a guest, a manifest) as a
+/// `Duration`, clamped to [`FOREVER`]; `None` if negative or not a number.
+pub fn seconds(value: f64) -> Option<Duration> {
+    if value.is_nan() || value < 0.0 {
+        return None;
+    }
+    Some(Duration::try_from_secs_f64(value).unwrap_or(FOREVER).min(FOREVER))
+}
+
+/// The time `value` seconds from now (see [`seconds`]).
+pub fn from_now(value: f64) -> Option<DateTime<Utc>> {
+    let delay = chrono::Duration::from_std(seconds(value)?).ok()?;
+    Utc::now().checked_add_signed(delay)
+}
 
 /// Parse a header datetime (`eta`, `expires`): ISO 8601, with or without an offset; a
 /// value without an offset is UTC, as Celery's worker reads it.
@@ -33,5 +54,16 @@ mod tests {
         assert_eq!(with_offset, naive);
         assert_eq!(to_iso(with_offset), "2026-11-24T09:48:43.365997+00:00");
         assert!(parse_iso("tomorrow").is_none());
+    }
+
+    #[test]
+    fn outside_seconds_never_overflow() {
+        assert_eq!(seconds(1.5), Some(Duration::from_millis(1500)));
+        assert_eq!(seconds(1e300), Some(FOREVER));
+        assert_eq!(seconds(f64::INFINITY), Some(FOREVER));
+        assert_eq!(seconds(f64::NAN), None);
+        assert_eq!(seconds(-1.0), None);
+        assert!(from_now(1e300).is_some());
+        assert!(from_now(f64::NAN).is_none());
     }
 }

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use super::RuntimeError;
+use crate::protocol::time::seconds;
 
 /// Default memory cap per task instance.
 pub const DEFAULT_MEMORY_MB: u64 = 128;
@@ -119,7 +120,7 @@ impl Manifest {
     }
 
     pub fn time_limits(&self) -> (Option<Duration>, Option<Duration>) {
-        let secs = |v: Option<f64>| v.map(Duration::from_secs_f64);
+        let secs = |v: Option<f64>| v.and_then(seconds);
         (secs(self.limits.time_limit), secs(self.limits.soft_time_limit))
     }
 

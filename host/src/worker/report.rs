@@ -4,12 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use serde_json::Value;
 
 use super::Shared;
 use crate::broker::Delivery;
 use crate::protocol::result::{Extended, ReplyTo};
+use crate::protocol::time::from_now;
 use crate::protocol::{ExceptionInfo, State, TaskRequest, TaskResult};
 use crate::runtime::{Outcome, ProgressSink};
 
@@ -177,7 +177,7 @@ async fn retry(
         .unwrap_or(DEFAULT_RETRY_DELAY);
     let mut next = request.clone();
     next.retries += 1;
-    next.eta = Some(Utc::now() + chrono::Duration::milliseconds((countdown * 1000.0) as i64));
+    next.eta = from_now(countdown);
     if next.parent_id.is_none() {
         next.parent_id = Some(request.id.clone());
     }

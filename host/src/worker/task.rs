@@ -11,6 +11,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::report;
 use super::Shared;
 use crate::broker::Delivery;
+use crate::protocol::time::seconds;
 use crate::protocol::{ExceptionInfo, State, TaskRequest, TaskResult};
 use crate::runtime::{Invocation, TaskContext};
 
@@ -109,8 +110,8 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
         },
         args_json: serde_json::to_string(&request.args).unwrap_or_else(|_| "[]".into()),
         kwargs_json: serde_json::to_string(&request.kwargs).unwrap_or_else(|_| "{}".into()),
-        time_limit: seconds(request.time_limit.0),
-        soft_time_limit: seconds(request.time_limit.1),
+        time_limit: limit(request.time_limit.0),
+        soft_time_limit: limit(request.time_limit.1),
         cancel: Arc::new(AtomicBool::new(false)),
         progress: Some(report::progress_sink(shared, &request)),
     };
@@ -152,6 +153,7 @@ async fn stopped(mut stopping: tokio::sync::watch::Receiver<bool>) {
     let _ = stopping.wait_for(|stop| *stop).await;
 }
 
-fn seconds(value: Option<f64>) -> Option<Duration> {
-    value.filter(|v| v.is_finite() && *v > 0.0).map(Duration::from_secs_f64)
+/// A time limit from a message header: positive, or none.
+fn limit(value: Option<f64>) -> Option<Duration> {
+    value.filter(|v| *v > 0.0).and_then(seconds)
 }
