@@ -120,6 +120,41 @@ def wait_ready(app, timeout=60):
     raise RuntimeError("worker did not become ready")
 
 
+def round_trips(app, calls, check=True):
+    """Latencies in ms of `calls` sequential send_task(...).get(), sorted."""
+    latencies = []
+    for i in range(calls):
+        t = time.perf_counter()
+        result = app.send_task("math.add", (i, 1)).get(timeout=10)
+        latencies.append((time.perf_counter() - t) * 1000)
+        assert not check or result == i + 1, f"math.add({i}, 1) returned {result}"
+    return sorted(latencies)
+
+
+def p50(latencies):
+    return latencies[len(latencies) // 2]
+
+
+def p99(latencies):
+    return latencies[int(len(latencies) * 0.99) - 1]
+
+
+def client_floor(broker, calls):
+    """Round trip of the same Celery client against null_worker.py, which does nothing but
+    take the message and store a fixed result: the part of every round trip that is the
+    client's and the broker's, whatever the worker."""
+    broker.reset()
+    app = Celery("bench-client", broker=broker.url, backend=broker.backend_url)
+    process = subprocess.Popen([sys.executable, str(HERE / "null_worker.py"), broker.url])
+    try:
+        wait_ready(app)
+        latencies = round_trips(app, calls, check=False)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    return {"p50": p50(latencies), "p99": p99(latencies)}
+
+
 def one_run(kind, broker, tasks, rtt_calls):
     broker.reset()
     app = Celery("bench-client", broker=broker.url, backend=broker.backend_url)
@@ -142,22 +177,17 @@ def one_run(kind, broker, tasks, rtt_calls):
             wait_ready(app)
             time.sleep(1)
             rss_idle = rss_kb(process.pid)
-            latencies = []
-            for i in range(rtt_calls):
-                t = time.perf_counter()
-                assert app.send_task("math.add", (i, 1)).get(timeout=10) == i + 1
-                latencies.append(time.perf_counter() - t)
+            latencies = round_trips(app, rtt_calls)
         finally:
             process.terminate()
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
-    latencies.sort()
     return {
         "rate": tasks / drain,
-        "p50": latencies[len(latencies) // 2] * 1000,
-        "p99": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+        "p50": p50(latencies),
+        "p99": p99(latencies),
         "rss_idle": rss_idle / 1024,
         "rss_busy": rss_busy / 1024,
     }
@@ -183,6 +213,9 @@ def main():
                 figures[kind].append(result)
         median = {kind: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for kind, runs in figures.items()}
         rows.append((broker.name, median))
+        if broker.name == "redis":
+            floor = client_floor(broker, args.rtt)
+            print(f"redis client floor: p50={floor['p50']:.2f} p99={floor['p99']:.2f}", flush=True)
 
     lines = [
         "# Benchmark: Celeriac against Celery's prefork worker",
@@ -192,6 +225,11 @@ def main():
         f"Both workers `-c 2`, results on the same backend; medians of {args.runs} alternating runs.",
         "Drain: tasks/s to run a pre-filled queue of `math.add` and store every result.",
         "Round trip: one `send_task(...).get()` from the Python Celery client at a time.",
+        "",
+        "Floor (Redis): the same client's round trip against `null_worker.py`, a loop that only takes",
+        "each message and stores a fixed result (BRPOP, then SET + PUBLISH): the client's and the",
+        f"broker's share of every round trip, whatever the worker. This run: p50 {floor['p50']:.2f} ms,",
+        f"p99 {floor['p99']:.2f} ms.",
         "",
         "| broker | figure | Celeriac | Celery prefork | Celeriac / Celery |",
         "| --- | --- | ---: | ---: | ---: |",

@@ -194,3 +194,21 @@ def test_group_results(db, make_worker):
     result.save()
     restored = app.GroupResult.restore(result.id)
     assert restored.get(timeout=TIMEOUT) == [i * i for i in range(20)]
+
+
+def test_a_message_waiting_behind_a_long_task_goes_to_an_idle_worker(db, make_worker):
+    # One slot: the short task is taken ahead while the long one is young, waits for the
+    # executor, and is handed back after a second for the idle second worker to run.
+    busy = make_worker(url(db), url(db), "--concurrency", "1")
+    app = celery_app(url(db), url(db))
+    long = app.send_task("math.spin", (8000,))
+    short = app.send_task("math.spin", (10,))
+    deadline = time.time() + TIMEOUT
+    while short.id not in received_ids(busy) and time.time() < deadline:
+        time.sleep(0.05)
+    assert received_ids(busy) == [long.id, short.id], "the busy worker should have taken both"
+    idle = make_worker(url(db), url(db), "--concurrency", "1")
+    assert short.get(timeout=TIMEOUT) == 10
+    assert not long.ready(), "the short task waited for the long one instead of moving on"
+    assert short.id in received_ids(idle)
+    assert long.get(timeout=TIMEOUT) == 8000

@@ -6,10 +6,13 @@
 //! The connection is re-opened on demand: when it or the channel fails, the next
 //! operation reconnects, re-declares and re-consumes. Messages delivered on the dead
 //! channel were not acked, so RabbitMQ delivers them again.
+//!
+//! Acks from concurrent tasks are written together (`amqp_acks`): one multiple ack per
+//! batch rather than a frame, and a wake-up of lapin's I/O thread, per message.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex as SyncMutex;
+use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,13 +27,68 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 use serde_json::{Map, Number, Value};
 use tokio::sync::{mpsc, Mutex};
 
+use super::amqp_acks::AckLedger;
 use super::{Broker, BrokerError, Delivery};
+use crate::batch::Batcher;
 use crate::config::redact;
 use crate::protocol::{DeliveryInfo, Message, Properties};
 
 struct Live {
     connection: Connection,
     channel: Channel,
+}
+
+/// Most acks written in one go.
+const ACK_BATCH: usize = 1024;
+
+/// A delivery the worker holds, and the channel (by generation) it came on.
+struct Held {
+    generation: u64,
+    channel_tag: u64,
+    acker: Acker,
+}
+
+/// The channel acks go to, and its ledger; both replaced on reconnect.
+#[derive(Default)]
+struct AckChannel {
+    generation: u64,
+    channel: Option<Channel>,
+    ledger: AckLedger,
+}
+
+type Acks = Arc<SyncMutex<AckChannel>>;
+
+fn lock(acks: &Acks) -> std::sync::MutexGuard<'_, AckChannel> {
+    acks.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Send the acks for a batch of finished deliveries: one multiple ack for the run the
+/// ledger allows, single acks for the rest. Deliveries from a channel that has since
+/// died need nothing: RabbitMQ redelivers them.
+async fn flush_acks(acks: &Acks, batch: Vec<Held>) -> Result<(), BrokerError> {
+    let (channel, plan) = {
+        let mut current = lock(acks);
+        let generation = current.generation;
+        let tags = batch
+            .iter()
+            .filter(|held| held.generation == generation)
+            .map(|held| held.channel_tag);
+        let plan = current.ledger.plan(tags.collect::<Vec<_>>());
+        (current.channel.clone(), plan)
+    };
+    let Some(channel) = channel else {
+        return Err(BrokerError::Operation("amqp: no channel to acknowledge on".into()));
+    };
+    if let Some(tag) = plan.up_to {
+        channel
+            .basic_ack(tag, BasicAckOptions { multiple: true })
+            .await
+            .map_err(op)?;
+    }
+    for tag in plan.singles {
+        channel.basic_ack(tag, BasicAckOptions::default()).await.map_err(op)?;
+    }
+    Ok(())
 }
 
 /// Queue arguments from transport options: `max_priority` and `queue_type` (quorum).
@@ -54,10 +112,13 @@ pub struct AmqpBroker {
     live: Mutex<Option<Live>>,
     /// What to consume after a reconnect: queues and prefetch.
     consuming: SyncMutex<Option<(Vec<String>, u16)>>,
-    inbox: Mutex<mpsc::UnboundedReceiver<lapin::message::Delivery>>,
-    inbox_sender: mpsc::UnboundedSender<lapin::message::Delivery>,
-    held: SyncMutex<HashMap<u64, Acker>>,
+    /// Deliveries from every consumer, with the generation of their channel.
+    inbox: Mutex<mpsc::UnboundedReceiver<(u64, lapin::message::Delivery)>>,
+    inbox_sender: mpsc::UnboundedSender<(u64, lapin::message::Delivery)>,
+    held: SyncMutex<HashMap<u64, Held>>,
     next_tag: AtomicU64,
+    acks: Acks,
+    ack_batcher: Batcher<Held, BrokerError>,
 }
 
 fn op(err: lapin::Error) -> BrokerError {
@@ -67,6 +128,12 @@ fn op(err: lapin::Error) -> BrokerError {
 impl AmqpBroker {
     pub async fn open(url: &str, options: &HashMap<String, String>) -> Result<AmqpBroker, BrokerError> {
         let (inbox_sender, inbox) = mpsc::unbounded_channel();
+        let acks = Acks::default();
+        let flush_to = acks.clone();
+        let ack_batcher = Batcher::start(ACK_BATCH, move |batch: Vec<Held>| {
+            let acks = flush_to.clone();
+            async move { flush_acks(&acks, batch).await }
+        });
         let broker = AmqpBroker {
             url: url.to_owned(),
             queue_arguments: queue_arguments(options)?,
@@ -76,6 +143,8 @@ impl AmqpBroker {
             inbox_sender,
             held: SyncMutex::new(HashMap::new()),
             next_tag: AtomicU64::new(1),
+            acks,
+            ack_batcher,
         };
         broker
             .channel()
@@ -84,7 +153,7 @@ impl AmqpBroker {
         Ok(broker)
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Acker>> {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Held>> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -105,6 +174,16 @@ impl AmqpBroker {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(op)?;
+        // Delivery tags start again at 1 on the new channel.
+        let generation = {
+            let mut acks = lock(&self.acks);
+            *acks = AckChannel {
+                generation: acks.generation + 1,
+                channel: Some(channel.clone()),
+                ledger: AckLedger::default(),
+            };
+            acks.generation
+        };
         let consuming = self.consuming.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some((queues, prefetch)) = consuming {
             channel
@@ -129,7 +208,7 @@ impl AmqpBroker {
                     while let Some(delivery) = consumer.next().await {
                         match delivery {
                             Ok(delivery) => {
-                                if inbox.send(delivery).is_err() {
+                                if inbox.send((generation, delivery)).is_err() {
                                     return;
                                 }
                             }
@@ -186,7 +265,7 @@ impl AmqpBroker {
             .map_err(op)
     }
 
-    fn to_delivery(&self, delivery: lapin::message::Delivery) -> Delivery {
+    fn to_delivery(&self, (generation, delivery): (u64, lapin::message::Delivery)) -> Delivery {
         let p = &delivery.properties;
         let text = |s: &Option<ShortString>| s.as_ref().map(|s| s.as_str().to_owned());
         let headers = p.headers().as_ref().map(table_to_json).unwrap_or_default();
@@ -207,7 +286,14 @@ impl AmqpBroker {
             },
         };
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
-        self.held().insert(tag, delivery.acker);
+        self.held().insert(
+            tag,
+            Held {
+                generation,
+                channel_tag: delivery.delivery_tag,
+                acker: delivery.acker,
+            },
+        );
         let queue = message.properties.delivery_info.routing_key.clone();
         Delivery {
             message,
@@ -289,23 +375,24 @@ impl Broker for AmqpBroker {
     }
 
     async fn ack(&self, delivery: &Delivery) -> Result<(), BrokerError> {
-        let acker = self
+        let held = self
             .held()
             .remove(&delivery.tag)
             .ok_or(BrokerError::UnknownTag(delivery.tag))?;
-        acker.ack(BasicAckOptions::default()).await.map(|_| ()).map_err(op)
+        self.ack_batcher.submit(held).await.map_err(BrokerError::shared)
     }
 
     async fn reject(&self, delivery: &Delivery, requeue: bool) -> Result<(), BrokerError> {
-        let acker = self
+        let held = self
             .held()
             .remove(&delivery.tag)
             .ok_or(BrokerError::UnknownTag(delivery.tag))?;
-        acker
-            .reject(BasicRejectOptions { requeue })
-            .await
-            .map(|_| ())
-            .map_err(op)
+        held.acker.reject(BasicRejectOptions { requeue }).await.map_err(op)?;
+        let mut acks = lock(&self.acks);
+        if acks.generation == held.generation {
+            acks.ledger.rejected(held.channel_tag);
+        }
+        Ok(())
     }
 
     async fn publish(&self, queue: &str, message: &Message) -> Result<(), BrokerError> {

@@ -6,6 +6,7 @@
 //! once: the envelope, delivery tags, the unacked set, leases and their restore.
 
 pub mod amqp;
+mod amqp_acks;
 pub mod redis;
 pub mod sqlite;
 pub mod virtual_transport;
@@ -41,6 +42,16 @@ pub enum BrokerError {
     UnknownTag(u64),
     #[error("the broker connection is shutting down")]
     Closed,
+}
+
+impl BrokerError {
+    /// What each caller of a batched write gets when the batch failed.
+    pub fn shared(error: Arc<BrokerError>) -> BrokerError {
+        match *error {
+            BrokerError::Closed => BrokerError::Closed,
+            ref other => BrokerError::Operation(other.to_string()),
+        }
+    }
 }
 
 impl From<crate::batch::Closed> for BrokerError {

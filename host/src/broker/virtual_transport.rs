@@ -257,10 +257,7 @@ impl<S: Store> Broker for VirtualBroker<S> {
     }
     async fn ack(&self, delivery: &Delivery) -> Result<(), BrokerError> {
         let reserved = self.release(delivery.tag)?;
-        self.acks.submit(reserved.store_tag).await.map_err(|e| match *e {
-            BrokerError::Closed => BrokerError::Closed,
-            ref other => BrokerError::Operation(other.to_string()),
-        })
+        self.acks.submit(reserved.store_tag).await.map_err(BrokerError::shared)
     }
 
     async fn reject(&self, delivery: &Delivery, requeue: bool) -> Result<(), BrokerError> {

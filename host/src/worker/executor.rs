@@ -1,19 +1,34 @@
 //! A fixed set of executor threads, one per task slot, that run guests. Guest code blocks
 //! its thread until it returns or is interrupted, so it never shares a thread with the
 //! broker and backend I/O of the async runtime.
+//!
+//! Jobs wait in one shared queue, so a thread that finishes a task starts the next queued
+//! one at once, without a round trip through the async runtime. A job has a latest moment
+//! to start: if no thread has taken it up by then (it waits behind long tasks), the caller
+//! withdraws it and can return its message to the broker for an idle worker.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
 use crate::protocol::ExceptionInfo;
 use crate::runtime::{Invocation, Outcome, PluginVersion, Runtime};
 
+/// What came of a task, and how long it ran.
+pub struct Ran {
+    pub outcome: Outcome,
+    pub runtime: Duration,
+}
+
 struct Job {
     plugin: Arc<PluginVersion>,
     invocation: Invocation,
-    reply: oneshot::Sender<Outcome>,
+    /// Set by whichever comes first: a thread starting the job, or the caller withdrawing it.
+    claimed: Arc<AtomicBool>,
+    reply: oneshot::Sender<Ran>,
 }
 
 pub struct ExecutorPool {
@@ -31,34 +46,49 @@ impl ExecutorPool {
                 .name(format!("celeriac-exec-{index}"))
                 .spawn(move || {
                     for job in queue.iter() {
+                        if job.claimed.swap(true, Ordering::AcqRel) {
+                            continue; // withdrawn
+                        }
+                        let started = Instant::now();
                         let outcome =
                             std::panic::catch_unwind(AssertUnwindSafe(|| runtime.execute(&job.plugin, job.invocation)))
                                 .unwrap_or_else(|panic| host_bug(panic.as_ref()));
+                        let ran = Ran {
+                            outcome,
+                            runtime: started.elapsed(),
+                        };
                         // The waiting side may have gone away (hard shutdown); nothing to do.
-                        let _ = job.reply.send(outcome);
+                        let _ = job.reply.send(ran);
                     }
                 })?;
         }
         Ok(ExecutorPool { jobs })
     }
 
-    /// Run one task on a free executor thread.
-    pub async fn run(&self, plugin: Arc<PluginVersion>, invocation: Invocation) -> Outcome {
-        let (reply, outcome) = oneshot::channel();
-        if self
-            .jobs
-            .send(Job {
-                plugin,
-                invocation,
-                reply,
-            })
-            .is_err()
-        {
-            return host_failure("the executor threads are gone");
+    /// Run one task on the next free executor thread; `None` if no thread took it up by
+    /// `start_by` (the task did not run and will not).
+    pub async fn run(&self, plugin: Arc<PluginVersion>, invocation: Invocation, start_by: Instant) -> Option<Ran> {
+        let (reply, mut outcome) = oneshot::channel();
+        let claimed = Arc::new(AtomicBool::new(false));
+        let job = Job {
+            plugin,
+            invocation,
+            claimed: claimed.clone(),
+            reply,
+        };
+        if self.jobs.send(job).is_err() {
+            return Some(host_failure("the executor threads are gone"));
         }
-        outcome
-            .await
-            .unwrap_or_else(|_| host_failure("the executor thread dropped the task"))
+        let lost = |_| host_failure("the executor thread dropped the task");
+        tokio::select! {
+            ran = &mut outcome => return Some(ran.unwrap_or_else(lost)),
+            _ = tokio::time::sleep_until(start_by.into()) => {}
+        }
+        if claimed.swap(true, Ordering::AcqRel) {
+            Some(outcome.await.unwrap_or_else(lost)) // started just in time
+        } else {
+            None
+        }
     }
 }
 
@@ -69,12 +99,15 @@ fn host_bug(panic: &(dyn std::any::Any + Send)) -> Outcome {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".to_owned());
     tracing::error!(panic = %text, "host panicked while running a task; this is a Celeriac bug");
-    host_failure(&format!("host panicked: {text}"))
+    host_failure(&format!("host panicked: {text}")).outcome
 }
 
-fn host_failure(message: &str) -> Outcome {
-    Outcome::Failure {
-        exc: ExceptionInfo::new("WorkerError", "celeriac.exceptions", message),
-        traceback: None,
+fn host_failure(message: &str) -> Ran {
+    Ran {
+        outcome: Outcome::Failure {
+            exc: ExceptionInfo::new("WorkerError", "celeriac.exceptions", message),
+            traceback: None,
+        },
+        runtime: Duration::ZERO,
     }
 }

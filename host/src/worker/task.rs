@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::report;
 use super::Shared;
+use super::{admission, report};
 use crate::broker::Delivery;
 use crate::protocol::time::seconds;
 use crate::protocol::{ExceptionInfo, State, TaskRequest, TaskResult};
@@ -115,14 +115,21 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
         cancel: Arc::new(AtomicBool::new(false)),
         progress: Some(report::progress_sink(shared, &request)),
     };
-    let started = Instant::now();
     shared.gate.started(delivery.tag);
-    let outcome = shared.executors.run(plugin, invocation).await;
+    let ran = shared
+        .executors
+        .run(plugin, invocation, Instant::now() + admission::LOOKAHEAD_WAIT)
+        .await;
     shared.gate.finished(delivery.tag);
     // The slot is for running guests; storing the result and acking are I/O and must
     // not keep the next task from starting.
     drop(slot);
-    report::outcome(shared, &delivery, &request, outcome, started.elapsed()).await;
+    let Some(ran) = ran else {
+        tracing::debug!(task_id = %request.id, "no executor free in time; handing the message back");
+        report::settle(shared, &delivery, report::Settle::Reject { requeue: true }).await;
+        return;
+    };
+    report::outcome(shared, &delivery, &request, ran.outcome, ran.runtime).await;
 }
 
 /// A task past its `expires` is not run: REVOKED is stored and the message acked.
