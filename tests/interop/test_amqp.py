@@ -95,3 +95,54 @@ def test_malformed_messages_are_rejected_and_the_worker_goes_on(queue, db, make_
     for _, headers, _ in bad:
         worker.wait_for_log(f"task_id={headers['id']}" if "id" in headers else "rejecting")
     assert worker.log().count("rejecting malformed message") == len(bad)
+
+
+def received_ids(worker, task):
+    """Ids of the tasks a worker received, in order, from its log."""
+    marker = f"Task {task}["
+    return [line.split(marker, 1)[1].split("]", 1)[0]
+            for line in worker.log().splitlines() if marker in line and "] received" in line]
+
+
+def test_priorities_with_x_max_priority(queue, db, make_worker):
+    # The client declares the queue with x-max-priority too (task_queue_max_priority), as
+    # a Celery application using priorities on RabbitMQ does; both declarations must agree.
+    app = celery_app(BROKER, redis_url(db), task_queue_max_priority=10)
+    low = [app.send_task("math.add", (i, 0), queue=queue, priority=0) for i in range(20)]
+    high = app.send_task("math.add", (99, 0), queue=queue, priority=9)
+    worker = make_worker(BROKER, redis_url(db), "-Q", queue, "--concurrency", "1",
+                         "--broker-transport-option", "max_priority=10")
+    assert high.get(timeout=TIMEOUT) == 99
+    assert [r.get(timeout=TIMEOUT) for r in low] == list(range(20))
+    assert received_ids(worker, "math.add")[0] == high.id
+
+
+@pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl")
+def test_malformed_messages_are_dead_lettered_when_the_queue_has_a_dead_letter_exchange(queue, db, make_worker):
+    dead = f"{queue}.dead"
+    policy = f"celeriac-test-dlx-{uuid.uuid4()}"
+    subprocess.run(["rabbitmqctl", "set_policy", "--apply-to", "queues", policy, f"^{queue}$",
+                    f'{{"dead-letter-exchange": "{dead}"}}'], check=True, capture_output=True)
+    try:
+        with amqp.Connection("127.0.0.1:5672", userid="guest", password="guest") as conn:
+            channel = conn.channel()
+            channel.exchange_declare(dead, "fanout", durable=False, auto_delete=False)
+            channel.queue_declare(dead, durable=False, auto_delete=False)
+            channel.queue_bind(dead, dead)
+            worker = make_worker(BROKER, redis_url(db), "-Q", queue)
+            worker.wait_for_log("celeriac worker ready")
+            channel.basic_publish(amqp.Message(b"not json", content_type="application/json",
+                                               application_headers={"task": "math.add", "id": "dead-one"}),
+                                  exchange="", routing_key=queue)
+            deadline = time.time() + TIMEOUT
+            message = None
+            while message is None and time.time() < deadline:
+                message = channel.basic_get(dead, no_ack=True)
+                time.sleep(0.05)
+            assert message is not None, "the malformed message did not reach the dead-letter queue"
+            assert message.body == b"not json"
+            assert message.headers["id"] == "dead-one"
+            channel.queue_delete(dead)
+            channel.exchange_delete(dead)
+    finally:
+        subprocess.run(["rabbitmqctl", "clear_policy", policy], check=True, capture_output=True)
