@@ -27,3 +27,26 @@ if ! port_open 5672; then
   rabbitmq-server -detached
   wait_port 5672 RabbitMQ
 fi
+
+# PostgreSQL and MariaDB are expected running; started here when installed, else named.
+if ! port_open 5432; then
+  if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then
+    echo "starting PostgreSQL on 127.0.0.1:5432"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start
+    wait_port 5432 PostgreSQL
+  else
+    echo "PostgreSQL is not running on 127.0.0.1:5432 and is not installed (Debian: postgresql)" >&2
+    exit 1
+  fi
+fi
+
+if ! port_open 3306; then
+  if [ -x /usr/sbin/mariadbd ]; then
+    echo "starting MariaDB on 127.0.0.1:3306"
+    start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+    wait_port 3306 MariaDB
+  else
+    echo "MariaDB is not running on 127.0.0.1:3306 and is not installed (Debian: mariadb-server)" >&2
+    exit 1
+  fi
+fi

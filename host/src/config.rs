@@ -43,12 +43,17 @@ pub enum BackendUrl {
     Redis(String),
     /// `rpc://`: results go back as messages through the (AMQP) broker.
     Rpc,
+    /// `db+postgresql://…` (any SQLAlchemy driver suffix), as sqlx reads it: `postgres://…`.
+    Postgres(String),
+    /// `db+mysql://…` (any SQLAlchemy driver suffix), as sqlx reads it: `mysql://…`.
+    MySql(String),
 }
 
 const BROKERS_SUPPORTED: &str = "supported: sqlite://FILE, sqla+sqlite:///FILE, redis://[:PASSWORD@]HOST[:PORT][/DB], \
      rediss://…, redis+socket:///PATH, amqp://USER:PASSWORD@HOST[:PORT]/VHOST, amqps://…";
 const BACKENDS_SUPPORTED: &str = "supported: sqlite://FILE, db+sqlite:///FILE, redis://[:PASSWORD@]HOST[:PORT][/DB], \
-     rediss://…, redis+socket:///PATH, rpc:// (with an amqp:// broker)";
+     rediss://…, redis+socket:///PATH, rpc:// (with an amqp:// broker), \
+     db+postgresql://USER[:PASSWORD]@HOST[:PORT]/DB, db+mysql://USER[:PASSWORD]@HOST[:PORT]/DB";
 
 /// kombu's Redis URL spellings, as the `redis` crate reads them: `redis+socket:///PATH`
 /// (db in `?virtual_host=N`) becomes `redis+unix:///PATH?db=N`.
@@ -117,10 +122,12 @@ impl BackendUrl {
                 .map(BackendUrl::Redis)
                 .ok_or_else(|| error(BACKENDS_SUPPORTED)),
             "rpc" => Ok(BackendUrl::Rpc),
-            "db+postgresql" | "db+mysql" => Err(error(&format!(
-                "the {scheme} backend is not built yet; {BACKENDS_SUPPORTED}"
-            ))),
-            _ => Err(error(BACKENDS_SUPPORTED)),
+            // SQLAlchemy names the driver after a `+` (`db+mysql+pymysql`); sqlx has its own.
+            _ => match scheme.strip_prefix("db+").map(|s| s.split('+').next().unwrap_or(s)) {
+                Some("postgresql" | "postgres") => Ok(BackendUrl::Postgres(format!("postgres://{rest}"))),
+                Some("mysql" | "mariadb") => Ok(BackendUrl::MySql(format!("mysql://{rest}"))),
+                _ => Err(error(BACKENDS_SUPPORTED)),
+            },
         }
     }
 }
@@ -232,6 +239,23 @@ mod tests {
             BackendUrl::parse("rediss://h/1").unwrap(),
             BackendUrl::Redis("rediss://h/1".into())
         );
+    }
+
+    #[test]
+    fn database_urls_follow_celery() {
+        assert_eq!(
+            BackendUrl::parse("db+postgresql://u:p@h:5432/results").unwrap(),
+            BackendUrl::Postgres("postgres://u:p@h:5432/results".into())
+        );
+        assert_eq!(
+            BackendUrl::parse("db+postgresql+psycopg2://h/r").unwrap(),
+            BackendUrl::Postgres("postgres://h/r".into())
+        );
+        assert_eq!(
+            BackendUrl::parse("db+mysql+pymysql://root@h:3306/test?charset=utf8mb4").unwrap(),
+            BackendUrl::MySql("mysql://root@h:3306/test?charset=utf8mb4".into())
+        );
+        assert!(BackendUrl::parse("db+oracle://h/x").is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 pub mod redis;
 pub mod rpc;
 pub mod sql;
+mod sql_dialect;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use async_trait::async_trait;
 
 use crate::config::{BackendUrl, BrokerUrl};
 use crate::protocol::TaskResult;
+use sql_dialect::Flavor;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -87,6 +89,8 @@ pub async fn open(
             )),
         },
         BackendUrl::Sqlite(path) => Ok(Arc::new(sql::SqlBackend::open_sqlite(path).await?)),
+        BackendUrl::Postgres(url) => Ok(Arc::new(sql::SqlBackend::open_server(url, Flavor::Postgres).await?)),
+        BackendUrl::MySql(url) => Ok(Arc::new(sql::SqlBackend::open_server(url, Flavor::MySql).await?)),
         BackendUrl::Redis(url) => Ok(Arc::new(redis::RedisBackend::open(url, result_expires).await?)),
     }
 }

@@ -1,53 +1,55 @@
-//! Celery's database result backend: tables `celery_taskmeta` / `celery_tasksetmeta`
-//! with the DDL SQLAlchemy emits, and `result` as the Python pickle Celery loads.
+//! Celery's database result backend on SQLite, PostgreSQL and MySQL/MariaDB: tables
+//! `celery_taskmeta` / `celery_tasksetmeta` as SQLAlchemy creates them (`sql_dialect`),
+//! and `result` as the Python pickle Celery loads.
 //!
 //! Celery ≤ 5.6 stores `result` as a pickle; 5.7 stores JSON bytes and still reads a
 //! pickle (any protocol) when the bytes start with 0x80. A pickle is the one encoding
 //! every Celery 5 reader understands, so that is what is written; both are read.
 
 use std::path::Path;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde_json::Value;
+use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
+use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::SqlitePool;
-use sqlx::Row;
 
+use super::sql_dialect::{Dialect, Flavor};
 use super::{BackendError, ResultBackend};
 use crate::broker::sqlite::{open_pool, sql_timestamp};
+use crate::config::redact;
 use crate::protocol::{State, TaskResult};
 
-/// The DDL SQLAlchemy emits for Celery 5.7's models on SQLite (a superset of 5.x's).
-const SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS celery_taskmeta (
-        id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
-        task_id VARCHAR(155),
-        status VARCHAR(50),
-        result BLOB,
-        date_done DATETIME,
-        traceback TEXT,
-        children BLOB,
-        name VARCHAR(155),
-        args BLOB,
-        kwargs BLOB,
-        worker VARCHAR(155),
-        retries INTEGER,
-        queue VARCHAR(155),
-        stamps BLOB,
-        UNIQUE (task_id))",
-    "CREATE INDEX IF NOT EXISTS ix_celery_taskmeta_date_done ON celery_taskmeta (date_done)",
-    "CREATE TABLE IF NOT EXISTS celery_tasksetmeta (
-        id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
-        taskset_id VARCHAR(155),
-        result BLOB,
-        date_done DATETIME,
-        UNIQUE (taskset_id))",
-    "CREATE INDEX IF NOT EXISTS ix_celery_tasksetmeta_date_done ON celery_tasksetmeta (date_done)",
-];
+/// Connections per worker: result writes are short and batched.
+const MAX_CONNECTIONS: u32 = 4;
+
+enum SqlPool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+    MySql(MySqlPool),
+}
+
+/// Run the same sqlx code on whichever pool this is: the statements differ by dialect,
+/// the Rust that binds and reads them does not.
+macro_rules! on_pool {
+    ($pool:expr, $p:ident => $body:expr) => {
+        match $pool {
+            SqlPool::Sqlite($p) => $body,
+            SqlPool::Postgres($p) => $body,
+            SqlPool::MySql($p) => $body,
+        }
+    };
+}
 
 pub struct SqlBackend {
-    pool: SqlitePool,
+    pool: SqlPool,
+    dialect: Dialect,
 }
+
+/// One stored row as the select returns it: status, result, date_done, traceback.
+type Row = (Option<String>, Option<Vec<u8>>, Option<String>, Option<String>);
 
 fn op(err: sqlx::Error) -> BackendError {
     BackendError::Operation(err.to_string())
@@ -74,10 +76,48 @@ impl SqlBackend {
         let pool = open_pool(path)
             .await
             .map_err(|e| BackendError::Connection(format!("cannot open SQLite backend {}: {e}", path.display())))?;
-        for statement in SCHEMA {
-            sqlx::query(statement).execute(&pool).await.map_err(op)?;
+        SqlBackend::create(SqlPool::Sqlite(pool), Flavor::Sqlite).await
+    }
+
+    /// `url` as sqlx reads it: `postgres://…` or `mysql://…`.
+    pub async fn open_server(url: &str, flavor: Flavor) -> Result<SqlBackend, BackendError> {
+        let unreachable = |e: sqlx::Error| BackendError::Connection(format!("cannot connect to {}: {e}", redact(url)));
+        let timeout = Duration::from_secs(10);
+        let pool = match flavor {
+            Flavor::Postgres => SqlPool::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(MAX_CONNECTIONS)
+                    .acquire_timeout(timeout)
+                    .connect(url)
+                    .await
+                    .map_err(unreachable)?,
+            ),
+            Flavor::MySql => SqlPool::MySql(
+                MySqlPoolOptions::new()
+                    .max_connections(MAX_CONNECTIONS)
+                    .acquire_timeout(timeout)
+                    .connect(url)
+                    .await
+                    .map_err(unreachable)?,
+            ),
+            Flavor::Sqlite => return Err(BackendError::Connection("SQLite is a file, not a server".into())),
+        };
+        SqlBackend::create(pool, flavor).await
+    }
+
+    /// Create the tables if they are missing.
+    async fn create(pool: SqlPool, flavor: Flavor) -> Result<SqlBackend, BackendError> {
+        let dialect = Dialect::of(flavor);
+        for statement in dialect.schema {
+            let run = || async { on_pool!(&pool, p => sqlx::query(statement).execute(p).await.map(|_| ())) };
+            if run().await.is_err() {
+                // Two workers starting together can race on CREATE … IF NOT EXISTS;
+                // the loser's retry finds the object there.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                run().await.map_err(op)?;
+            }
         }
-        Ok(SqlBackend { pool })
+        Ok(SqlBackend { pool, dialect })
     }
 }
 
@@ -86,44 +126,41 @@ impl ResultBackend for SqlBackend {
     async fn store(&self, result: &TaskResult) -> Result<(), BackendError> {
         let ext = result.extended.as_ref();
         let json_bytes = |v: Value| serde_json::to_vec(&v).unwrap_or_default();
-        sqlx::query(
-            "INSERT INTO celery_taskmeta
-                (task_id, status, result, date_done, traceback, children, name, args, kwargs, worker, retries, queue)
-             VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (task_id) DO UPDATE SET
-                status = excluded.status, result = excluded.result, date_done = excluded.date_done,
-                traceback = excluded.traceback, name = excluded.name, args = excluded.args,
-                kwargs = excluded.kwargs, worker = excluded.worker, retries = excluded.retries,
-                queue = excluded.queue
-             WHERE celery_taskmeta.status IS NOT 'SUCCESS'",
-        )
-        .bind(&result.task_id)
-        .bind(result.state.as_str())
-        .bind(pickle(&result.result))
-        .bind(result.date_done.map(sql_timestamp))
-        .bind(&result.traceback)
-        .bind(ext.map(|e| e.name.clone()))
-        .bind(ext.map(|e| json_bytes(Value::Array(e.args.clone()))))
-        .bind(ext.map(|e| json_bytes(Value::Object(e.kwargs.clone()))))
-        .bind(ext.map(|e| e.worker.clone()))
-        .bind(ext.map(|e| e.retries as i64))
-        .bind(ext.map(|e| e.queue.clone()))
-        .execute(&self.pool)
-        .await
-        .map_err(op)?;
-        Ok(())
+        let result_bytes = pickle(&result.result);
+        let date_done = result.date_done.map(sql_timestamp);
+        let name = ext.map(|e| e.name.clone());
+        let args = ext.map(|e| json_bytes(Value::Array(e.args.clone())));
+        let kwargs = ext.map(|e| json_bytes(Value::Object(e.kwargs.clone())));
+        let worker = ext.map(|e| e.worker.clone());
+        let retries = ext.map(|e| i32::try_from(e.retries).unwrap_or(i32::MAX));
+        let queue = ext.map(|e| e.queue.clone());
+        on_pool!(&self.pool, pool => sqlx::query(&self.dialect.upsert)
+            .bind(&result.task_id)
+            .bind(result.state.as_str())
+            .bind(&result_bytes)
+            .bind(&date_done)
+            .bind(&result.traceback)
+            .bind(&name)
+            .bind(&args)
+            .bind(&kwargs)
+            .bind(&worker)
+            .bind(retries)
+            .bind(&queue)
+            .execute(pool)
+            .await
+            .map(|_| ()))
+        .map_err(op)
     }
 
     async fn get(&self, task_id: &str) -> Result<Option<TaskResult>, BackendError> {
-        let row = sqlx::query("SELECT status, result, date_done, traceback FROM celery_taskmeta WHERE task_id = ?")
+        let row: Option<Row> = on_pool!(&self.pool, pool => sqlx::query_as(&self.dialect.select)
             .bind(task_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(op)?;
-        let Some(row) = row else { return Ok(None) };
-        let status: Option<String> = row.get(0);
-        let bytes: Option<Vec<u8>> = row.get(1);
-        let date_done: Option<String> = row.get(2);
+            .fetch_optional(pool)
+            .await)
+        .map_err(op)?;
+        let Some((status, bytes, date_done, traceback)) = row else {
+            return Ok(None);
+        };
         let result = match bytes {
             Some(bytes) => unpickle_or_json(&bytes).map_err(|reason| BackendError::Corrupt {
                 task_id: task_id.to_owned(),
@@ -133,7 +170,7 @@ impl ResultBackend for SqlBackend {
         };
         let mut stored = TaskResult::new(task_id, State::parse(status.as_deref().unwrap_or("PENDING")), result);
         stored.date_done = date_done.as_deref().and_then(parse_sql_timestamp);
-        stored.traceback = row.get(3);
+        stored.traceback = traceback;
         Ok(Some(stored))
     }
 }
@@ -155,5 +192,16 @@ mod tests {
         assert_eq!(unpickle_or_json(&pickle(&value)).unwrap(), value);
         assert_eq!(unpickle_or_json(b"5").unwrap(), json!(5));
         assert!(unpickle_or_json(b"\x80garbage").is_err());
+    }
+
+    #[test]
+    fn timestamps_read_with_and_without_fractions() {
+        // SQLite and PostgreSQL keep microseconds; MySQL's DATETIME keeps whole seconds.
+        let micros = parse_sql_timestamp("2026-11-25 08:30:00.123456").unwrap();
+        assert_eq!(micros.timestamp_subsec_micros(), 123456);
+        assert_eq!(
+            parse_sql_timestamp("2026-11-25 08:30:00").unwrap().timestamp(),
+            micros.timestamp()
+        );
     }
 }
