@@ -34,37 +34,49 @@ const MUTEX_EXPIRE_MS: u64 = 300_000;
 /// Messages restored per sweep, as kombu's `unacked_restore_limit`-less default batch.
 const RESTORE_BATCH: isize = 1000;
 
-/// Take up to ARGV[1] messages, list by list in KEYS order (after KEYS[1] = unacked and
-/// KEYS[2] = unacked_index), and record each as unacked under its publisher's
+/// Take up to ARGV[1] messages and record each as unacked under its publisher's
 /// `delivery_tag`, all in one step: nothing is lost between the pop and the record.
-/// ARGV: max, now, max size to inspect, then the queue name of each list.
+/// KEYS: unacked, unacked_index, then the lists, priority step by step, each step with
+/// one list per queue (ARGV[4] queues). Lower steps are served first; within a step the
+/// queues take turns, one message each, so a batch is shared fairly among them.
+/// ARGV: max, now, max size to inspect, queues per step, then the queue name of each list.
 /// Returns {list, payload, tag} triples; tag is '' for a message that is not a kombu
 /// envelope (the caller rejects it).
 const POP_AND_RECORD: &str = r"
 local out = {}
 local max = tonumber(ARGV[1])
-for i = 3, #KEYS do
-  local queue = ARGV[i + 1]
-  while #out < max do
-    local v = redis.call('RPOP', KEYS[i])
-    if not v then break end
-    local tag = ''
-    if string.len(v) <= tonumber(ARGV[3]) then
-      local ok, m = pcall(cjson.decode, v)
-      if ok and type(m) == 'table' and type(m.properties) == 'table'
-          and type(m.properties.delivery_tag) == 'string' then
-        tag = m.properties.delivery_tag
-        local exchange, routing_key = '', queue
-        local info = m.properties.delivery_info
-        if type(info) == 'table' then
-          if type(info.exchange) == 'string' then exchange = info.exchange end
-          if type(info.routing_key) == 'string' then routing_key = info.routing_key end
-        end
-        redis.call('ZADD', KEYS[2], ARGV[2], tag)
-        redis.call('HSET', KEYS[1], tag, '[' .. v .. ', ' .. cjson.encode(exchange) .. ', ' .. cjson.encode(routing_key) .. ']')
+local per_step = tonumber(ARGV[4])
+local function take(i)
+  local v = redis.call('RPOP', KEYS[i])
+  if not v then return false end
+  local queue = ARGV[i + 2]
+  local tag = ''
+  if string.len(v) <= tonumber(ARGV[3]) then
+    local ok, m = pcall(cjson.decode, v)
+    if ok and type(m) == 'table' and type(m.properties) == 'table'
+        and type(m.properties.delivery_tag) == 'string' then
+      tag = m.properties.delivery_tag
+      local exchange, routing_key = '', queue
+      local info = m.properties.delivery_info
+      if type(info) == 'table' then
+        if type(info.exchange) == 'string' then exchange = info.exchange end
+        if type(info.routing_key) == 'string' then routing_key = info.routing_key end
       end
+      redis.call('ZADD', KEYS[2], ARGV[2], tag)
+      redis.call('HSET', KEYS[1], tag, '[' .. v .. ', ' .. cjson.encode(exchange) .. ', ' .. cjson.encode(routing_key) .. ']')
     end
-    out[#out + 1] = {KEYS[i], v, tag}
+  end
+  out[#out + 1] = {KEYS[i], v, tag}
+  return true
+end
+for first = 3, #KEYS, per_step do
+  local more = true
+  while more and #out < max do
+    more = false
+    for i = first, math.min(first + per_step - 1, #KEYS) do
+      if #out >= max then break end
+      if take(i) then more = true end
+    end
   end
   if #out >= max then break end
 end
@@ -306,7 +318,8 @@ impl Store for RedisStore {
             .key(&self.unacked_index)
             .arg(max)
             .arg(now())
-            .arg(self.max_inspect);
+            .arg(self.max_inspect)
+            .arg(queues.len().max(1));
         for (key, queue) in &lists {
             invocation.key(key).arg(*queue);
         }
