@@ -50,3 +50,11 @@ if ! port_open 3306; then
     exit 1
   fi
 fi
+
+# ZooKeeper, from Debian's package: the tests start a private server from it (and moto's
+# SQS server from the virtualenv), so only the package is needed here.
+if [ ! -f /usr/share/java/zookeeper.jar ]; then
+  echo "installing ZooKeeper (Debian package zookeeper)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends zookeeper >/dev/null
+fi

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use crate::broker::sqs::SqsUrl;
+
 /// The embedded default when no broker or backend is named.
 pub const DEFAULT_URL: &str = "sqlite://celeriac.db";
 
@@ -32,6 +34,10 @@ pub enum BrokerUrl {
     Redis(String),
     /// `amqp://USER:PASSWORD@HOST:PORT/VHOST`, `amqps://…` (Celery's `pyamqp://` too).
     Amqp(String),
+    /// `sqs://[KEY:SECRET@][HOST:PORT]`: AWS, or the SQS-compatible server at HOST:PORT.
+    Sqs(SqsUrl),
+    /// `zookeeper://HOST[:PORT][,HOST[:PORT]…][/VHOST]`: what follows the scheme.
+    Zookeeper(String),
 }
 
 /// A result backend, by the URL that names it.
@@ -50,7 +56,8 @@ pub enum BackendUrl {
 }
 
 const BROKERS_SUPPORTED: &str = "supported: sqlite://FILE, sqla+sqlite:///FILE, redis://[:PASSWORD@]HOST[:PORT][/DB], \
-     rediss://…, redis+socket:///PATH, amqp://USER:PASSWORD@HOST[:PORT]/VHOST, amqps://…";
+     rediss://…, redis+socket:///PATH, amqp://USER:PASSWORD@HOST[:PORT]/VHOST, amqps://…, \
+     sqs://[KEY:SECRET@][HOST:PORT], zookeeper://HOST[:PORT][/VHOST]";
 const BACKENDS_SUPPORTED: &str = "supported: sqlite://FILE, db+sqlite:///FILE, redis://[:PASSWORD@]HOST[:PORT][/DB], \
      rediss://…, redis+socket:///PATH, rpc:// (with an amqp:// broker), \
      db+postgresql://USER[:PASSWORD]@HOST[:PORT]/DB, db+mysql://USER[:PASSWORD]@HOST[:PORT]/DB";
@@ -98,9 +105,8 @@ impl BrokerUrl {
                 .ok_or_else(|| error(BROKERS_SUPPORTED)),
             "amqp" | "amqps" => Ok(BrokerUrl::Amqp(url.to_owned())),
             "pyamqp" => Ok(BrokerUrl::Amqp(format!("amqp://{rest}"))),
-            "sqs" | "zookeeper" => Err(error(&format!(
-                "the {scheme} broker is not built yet; {BROKERS_SUPPORTED}"
-            ))),
+            "sqs" => Ok(BrokerUrl::Sqs(SqsUrl::parse(rest))),
+            "zookeeper" => Ok(BrokerUrl::Zookeeper(rest.to_owned())),
             _ => Err(error(BROKERS_SUPPORTED)),
         }
     }
@@ -239,6 +245,16 @@ mod tests {
             BackendUrl::parse("rediss://h/1").unwrap(),
             BackendUrl::Redis("rediss://h/1".into())
         );
+    }
+
+    #[test]
+    fn sqs_urls_follow_kombu() {
+        let BrokerUrl::Sqs(url) = BrokerUrl::parse("sqs://key:hunter2@127.0.0.1:5000").unwrap() else {
+            panic!("not an SQS URL");
+        };
+        assert_eq!(url.host.as_deref(), Some("127.0.0.1:5000"));
+        assert!(!format!("{url:?}").contains("hunter2"), "{url:?}");
+        assert_eq!(BrokerUrl::parse("sqs://").unwrap(), BrokerUrl::Sqs(SqsUrl::default()));
     }
 
     #[test]

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -143,3 +144,25 @@ def sqlite_app(sqlite_worker):
     app = celery_app(f"sqla+sqlite:///{db}", f"db+sqlite:///{db}")
     yield app
     app.close()
+
+
+def received_ids(worker, task="math.spin"):
+    """Ids of the tasks a worker received, in order, from its log."""
+    marker = f"Task {task}["
+    return [line.split(marker, 1)[1].split("]", 1)[0]
+            for line in worker.log().splitlines() if marker in line and "] received" in line]
+
+
+def free_port():
+    """A loopback port nothing listens on, for a private server."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def eventually(condition, timeout=30):
+    """Wait for `condition()` to hold (acks follow results by a moment); its last value."""
+    deadline = time.time() + timeout
+    while not (value := condition()) and time.time() < deadline:
+        time.sleep(0.05)
+    return value

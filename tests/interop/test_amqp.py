@@ -13,7 +13,7 @@ import pytest
 import redis
 from billiard.exceptions import TimeLimitExceeded
 
-from conftest import REDIS_HOST, REDIS_PORT, celery_app, stored_results
+from conftest import REDIS_HOST, REDIS_PORT, celery_app, received_ids, stored_results
 
 BROKER = "amqp://guest:guest@127.0.0.1:5672//"
 TIMEOUT = 60
@@ -95,13 +95,6 @@ def test_malformed_messages_are_rejected_and_the_worker_goes_on(queue, db, make_
     for _, headers, _ in bad:
         worker.wait_for_log(f"task_id={headers['id']}" if "id" in headers else "rejecting")
     assert worker.log().count("rejecting malformed message") == len(bad)
-
-
-def received_ids(worker, task):
-    """Ids of the tasks a worker received, in order, from its log."""
-    marker = f"Task {task}["
-    return [line.split(marker, 1)[1].split("]", 1)[0]
-            for line in worker.log().splitlines() if marker in line and "] received" in line]
 
 
 def test_priorities_with_x_max_priority(queue, db, make_worker):

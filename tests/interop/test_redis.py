@@ -7,7 +7,6 @@ each other's keys. The Redis-restart test runs a private redis-server on a free 
 import base64
 import json
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -17,21 +16,11 @@ import redis
 from billiard.exceptions import TimeLimitExceeded
 from celery.exceptions import NotRegistered
 
-from conftest import REDIS_HOST, REDIS_PORT, celery_app, stored_results
+from conftest import REDIS_HOST, REDIS_PORT, celery_app, free_port, received_ids, stored_results
 
 TIMEOUT = 60
 def url(db, port=REDIS_PORT):
     return f"redis://{REDIS_HOST}:{port}/{db}"
-
-
-def received_ids(worker, task="math.spin"):
-    """Ids of the tasks a worker received, in order, from its log."""
-    ids = []
-    for line in worker.log().splitlines():
-        marker = f"Task {task}["
-        if marker in line and "] received" in line:
-            ids.append(line.split(marker, 1)[1].split("]", 1)[0])
-    return ids
 
 
 def test_a_thousand_tasks_and_the_right_exceptions(db, make_worker):
@@ -96,12 +85,6 @@ def test_two_workers_share_the_work_and_nothing_runs_twice(db, make_worker):
     seen = [received_ids(w) for w in workers]
     assert all(seen), "both workers should have run tasks"
     assert sorted(seen[0] + seen[1]) == sorted(r.id for r in results)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_redis(port, folder):

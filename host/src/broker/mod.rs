@@ -9,7 +9,9 @@ pub mod amqp;
 mod amqp_acks;
 pub mod redis;
 pub mod sqlite;
+pub mod sqs;
 pub mod virtual_transport;
+pub mod zookeeper;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -95,6 +97,14 @@ pub async fn open(url: &BrokerUrl, options: &HashMap<String, String>) -> Result<
             Ok(virtual_transport::VirtualBroker::start(store, options)?)
         }
         BrokerUrl::Amqp(url) => Ok(Arc::new(amqp::AmqpBroker::open(url, options).await?)),
+        BrokerUrl::Zookeeper(rest) => {
+            let store = zookeeper::ZookeeperStore::open(rest, options).await?;
+            Ok(virtual_transport::VirtualBroker::start(store, options)?)
+        }
+        BrokerUrl::Sqs(url) => {
+            let store = sqs::SqsStore::open(url, options).await?;
+            Ok(virtual_transport::VirtualBroker::start(store, options)?)
+        }
         BrokerUrl::Redis(url) => {
             let store = redis::RedisStore::open(url, options).await?;
             Ok(virtual_transport::VirtualBroker::start(store, options)?)
