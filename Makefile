@@ -65,7 +65,10 @@ test-interop:
 		$(VENV)/bin/python -m pytest -q tests/interop
 
 # Speed is measured here, never asserted in tests. BENCH_ARGS="--tasks 5000 --runs 1" for a quick look.
+# First the host's per-task cost (criterion), then Celeriac against Celery (RESULTS.md, RESULTS.png).
 bench: build plugins venv
+	$(VENV)/bin/pip install -q matplotlib
+	CELERIAC_PLUGIN_DIR=$(PLUGIN_OUT) $(CARGO) bench -j $(JOBS) -p celeriac --bench host_cost
 	CELERIAC_BIN=$(BIN) CELERIAC_PLUGIN_DIR=$(PLUGIN_OUT) \
 		$(VENV)/bin/python tests/bench/bench.py $(BENCH_ARGS)
 

@@ -4,14 +4,18 @@ For each broker (Redis; RabbitMQ with results on Redis) it (1) fills the queue w
 Celery client while no worker runs, (2) starts the worker (`-c 2`) and times the drain
 until every result is stored, (3) measures round-trip latency of sequential
 `send_task(...).get()` calls, and (4) records the worker's RSS (all processes) while
-idle and at the end of the drain. Celeriac and Celery alternate, `--runs` times each;
-medians go to RESULTS.md.
+idle and at the end of the drain; then (5) drains N tasks sent with `ignore_result=True`.
+Celeriac and Celery alternate, `--runs` times each; medians go to RESULTS.md, with a
+chart in RESULTS.png. Beside them: the Celery client's own round-trip floor, the raw
+Redis ceiling for the commands one task needs, and the host's per-task cost from the
+criterion micro-benchmark (`host/benches/host_cost.rs`), when `make bench` has run it.
 
     python tests/bench/bench.py --tasks 20000 --rtt 1000 --runs 3
 """
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import statistics
@@ -61,8 +65,11 @@ class Redis:
 
     def drained(self, n):
         """Every task taken, acked and its result stored."""
-        return (self.client.llen("celery") == 0 and self.client.hlen("unacked") == 0
-                and self.client.dbsize() >= n)
+        return self.emptied() and self.client.dbsize() >= n
+
+    def emptied(self):
+        """Every task taken and acked."""
+        return self.client.llen("celery") == 0 and self.client.hlen("unacked") == 0
 
 
 class Amqp:
@@ -85,6 +92,12 @@ class Amqp:
     def drained(self, n):
         """Every result stored."""
         return self.results.dbsize() >= n
+
+    def emptied(self):
+        """Every task delivered (the few still unacknowledged are a few ms of work)."""
+        with amqp.Connection("127.0.0.1:5672", userid="guest", password="guest") as conn:
+            _, waiting, _ = conn.channel().queue_declare("celery", passive=True)
+        return waiting == 0
 
 
 def start_celeriac(broker, log):
@@ -155,6 +168,42 @@ def client_floor(broker, calls):
     return {"p50": p50(latencies), "p99": p99(latencies)}
 
 
+def wait_until(done, process, log, kind):
+    """Seconds until `done()` holds, failing if the worker exits."""
+    began = time.perf_counter()
+    while not done():
+        if process.poll() is not None:
+            log.seek(0)
+            raise RuntimeError(f"{kind} worker exited:\n{log.read()}")
+        time.sleep(0.01)
+    return time.perf_counter() - began
+
+
+def stop(process):
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def ignored_results_run(kind, broker, tasks):
+    """Drain rate of tasks sent with ignore_result=True: broker and worker alone."""
+    broker.reset()
+    app = Celery("bench-client", broker=broker.url, backend=broker.backend_url)
+    with app.producer_or_acquire() as producer:
+        for i in range(tasks):
+            app.send_task("math.add", (i, i), ignore_result=True, producer=producer)
+    start = start_celeriac if kind == "celeriac" else start_celery
+    with tempfile.TemporaryFile("w+") as log:
+        process = start(broker, log)
+        try:
+            drain = wait_until(broker.emptied, process, log, kind)
+        finally:
+            stop(process)
+    return tasks / drain
+
+
 def one_run(kind, broker, tasks, rtt_calls):
     broker.reset()
     app = Celery("bench-client", broker=broker.url, backend=broker.backend_url)
@@ -164,13 +213,7 @@ def one_run(kind, broker, tasks, rtt_calls):
     with tempfile.TemporaryFile("w+") as log:
         process = start(broker, log)
         try:
-            began = time.perf_counter()
-            while not broker.drained(tasks):
-                if process.poll() is not None:
-                    log.seek(0)
-                    raise RuntimeError(f"{kind} worker exited:\n{log.read()}")
-                time.sleep(0.01)
-            drain = time.perf_counter() - began
+            drain = wait_until(lambda: broker.drained(tasks), process, log, kind)
             rss_busy = rss_kb(process.pid, "VmHWM")
             wrong = [i for i, r in list(enumerate(results))[:: max(1, tasks // 100)] if r.get(timeout=10) != 2 * i]
             assert not wrong, f"{kind}: wrong results for {wrong[:5]}"
@@ -179,11 +222,7 @@ def one_run(kind, broker, tasks, rtt_calls):
             rss_idle = rss_kb(process.pid)
             latencies = round_trips(app, rtt_calls)
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop(process)
     return {
         "rate": tasks / drain,
         "p50": p50(latencies),
@@ -191,6 +230,83 @@ def one_run(kind, broker, tasks, rtt_calls):
         "rss_idle": rss_idle / 1024,
         "rss_busy": rss_busy / 1024,
     }
+
+
+# What one task costs Redis on the worker's side (Redis broker, Redis results), command by
+# command: taking it (RPOP, then ZADD + HSET of the unacked bookkeeping), storing its result
+# (GET, so a stored SUCCESS is kept; SET with expiry; PUBLISH) and acking it (ZREM + HDEL).
+# Values are the sizes of a real `math.add` envelope and result meta.
+ENVELOPE = "x" * 950
+META = "m" * 190
+TASK_COMMANDS = [
+    ["ZADD", "bench:unacked_index", "__rand_int__", "tag:__rand_int__"],
+    ["HSET", "bench:unacked", "tag:__rand_int__", ENVELOPE],
+    ["GET", "celery-task-meta-__rand_int__"],
+    ["SET", "celery-task-meta-__rand_int__", META, "EX", "86400"],
+    ["PUBLISH", "celery-task-meta-__rand_int__", META],
+    ["ZREM", "bench:unacked_index", "tag:__rand_int__"],
+    ["HDEL", "bench:unacked", "tag:__rand_int__"],
+]
+
+
+def redis_benchmark(*args):
+    """Requests/s that redis-benchmark reports, pipelined as the worker batches."""
+    out = subprocess.run(["redis-benchmark", "-h", "127.0.0.1", "-p", "6379", "--dbnum", str(REDIS_DB), "-n", "200000",
+                          "-P", "64", "-r", "1000000", "-q", "--csv", *args],
+                         capture_output=True, text=True, check=True).stdout
+    rows = [line.split('","') for line in out.splitlines()[1:] if line.startswith('"')]
+    return {row[0].strip('"'): float(row[1].strip('"')) for row in rows}
+
+
+def redis_ceiling():
+    """Tasks/s Redis could serve if it did nothing but the commands one task needs."""
+    Redis().reset()
+    rates = [redis_benchmark("-t", "lpush,rpop")["RPOP"]]
+    rates += [next(iter(redis_benchmark(*command).values())) for command in TASK_COMMANDS]
+    Redis().reset()
+    return 1 / sum(1 / r for r in rates)
+
+
+def host_cost_us():
+    """Median µs per task from the criterion micro-benchmark, if it has run."""
+    found = {}
+    for name, key in (("decode + fresh instance + math.add + encode result", "task"),
+                      ("fresh instance + math.add", "instance")):
+        estimates = TARGET / "criterion" / name / "new" / "estimates.json"
+        if estimates.exists():
+            found[key] = json.loads(estimates.read_text())["median"]["point_estimate"] / 1000
+    return found
+
+
+def chart(rows, path):
+    """Drain rates and round trips, Celeriac beside Celery, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (drain, rtt) = plt.subplots(1, 2, figsize=(11, 4))
+    labels, width = [], 0.38
+    for i, (name, m) in enumerate(rows):
+        for j, (key, label) in enumerate((("rate", "results stored"), ("ignored", "results ignored"))):
+            x = i * 2 + j
+            labels.append(f"{name}\n{label}")
+            drain.bar(x - width / 2, m["celeriac"][key], width, color="#2a9d8f", label="Celeriac" if x == 0 else None)
+            drain.bar(x + width / 2, m["celery"][key], width, color="#e76f51", label="Celery prefork" if x == 0 else None)
+            drain.annotate(f"{m['celeriac'][key] / m['celery'][key]:.1f}×", (x, m["celeriac"][key]),
+                           ha="center", va="bottom", fontsize=8)
+    drain.set_xticks(range(len(labels)), labels, fontsize=8)
+    drain.set_ylabel("tasks/s (-c 2)")
+    drain.set_title("Drain of a pre-filled queue")
+    drain.legend()
+    for i, (name, m) in enumerate(rows):
+        for j, kind in enumerate(("celeriac", "celery")):
+            rtt.bar(i + (j - 0.5) * width, m[kind]["p50"], width, color=("#2a9d8f", "#e76f51")[j])
+    rtt.set_xticks(range(len(rows)), [name for name, _ in rows])
+    rtt.set_ylabel("ms")
+    rtt.set_title("Round trip p50, send_task().get()")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main():
@@ -201,13 +317,14 @@ def main():
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args()
 
-    brokers = [Redis(), Amqp()]
     rows = []
-    for broker in brokers:
+    floor = None
+    for broker in (Redis(), Amqp()):
         figures = {"celeriac": [], "celery": []}
         for run in range(args.runs):
             for kind in ("celeriac", "celery"):  # alternate, so drift hits both alike
                 result = one_run(kind, broker, args.tasks, args.rtt)
+                result["ignored"] = ignored_results_run(kind, broker, args.tasks)
                 print(f"{broker.name} run {run + 1} {kind}: " + ", ".join(f"{k}={v:.2f}" for k, v in result.items()),
                       flush=True)
                 figures[kind].append(result)
@@ -216,6 +333,9 @@ def main():
         if broker.name == "redis":
             floor = client_floor(broker, args.rtt)
             print(f"redis client floor: p50={floor['p50']:.2f} p99={floor['p99']:.2f}", flush=True)
+    ceiling = redis_ceiling()
+    cost = host_cost_us()
+    redis_rate = rows[0][1]["celeriac"]["rate"]
 
     lines = [
         "# Benchmark: Celeriac against Celery's prefork worker",
@@ -223,13 +343,9 @@ def main():
         f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.node()} "
         f"({os.cpu_count()} CPUs), `python tests/bench/bench.py --tasks {args.tasks} --rtt {args.rtt} --runs {args.runs}`.",
         f"Both workers `-c 2`, results on the same backend; medians of {args.runs} alternating runs.",
-        "Drain: tasks/s to run a pre-filled queue of `math.add` and store every result.",
-        "Round trip: one `send_task(...).get()` from the Python Celery client at a time.",
-        "",
-        "Floor (Redis): the same client's round trip against `null_worker.py`, a loop that only takes",
-        "each message and stores a fixed result (BRPOP, then SET + PUBLISH): the client's and the",
-        f"broker's share of every round trip, whatever the worker. This run: p50 {floor['p50']:.2f} ms,",
-        f"p99 {floor['p99']:.2f} ms.",
+        "Drain: tasks/s to run a pre-filled queue of `math.add` and store every result (or, results",
+        "ignored, until every task is acknowledged). Round trip: one `send_task(...).get()` from the",
+        "Python Celery client at a time. Chart: `RESULTS.png`.",
         "",
         "| broker | figure | Celeriac | Celery prefork | Celeriac / Celery |",
         "| --- | --- | ---: | ---: | ---: |",
@@ -238,13 +354,32 @@ def main():
         c, p = m["celeriac"], m["celery"]
         lines += [
             f"| {name} | drain (tasks/s) | {c['rate']:.0f} | {p['rate']:.0f} | {c['rate'] / p['rate']:.1f}× |",
+            f"| {name} | drain, results ignored (tasks/s) | {c['ignored']:.0f} | {p['ignored']:.0f} | {c['ignored'] / p['ignored']:.1f}× |",
             f"| {name} | round trip p50 (ms) | {c['p50']:.2f} | {p['p50']:.2f} | {c['p50'] / p['p50']:.2f} |",
             f"| {name} | round trip p99 (ms) | {c['p99']:.2f} | {p['p99']:.2f} | {c['p99'] / p['p99']:.2f} |",
             f"| {name} | RSS idle (MiB) | {c['rss_idle']:.1f} | {p['rss_idle']:.1f} | {c['rss_idle'] / p['rss_idle']:.2f} |",
             f"| {name} | peak RSS while draining (MiB) | {c['rss_busy']:.1f} | {p['rss_busy']:.1f} | {c['rss_busy'] / p['rss_busy']:.2f} |",
         ]
+    lines += [
+        "",
+        "Limits, measured in the same run:",
+        "",
+        "- Client floor (Redis): the same client's round trip against `null_worker.py`, a loop that only",
+        f"  takes each message and stores a fixed result (BRPOP, then SET + PUBLISH): p50 {floor['p50']:.2f} ms,",
+        f"  p99 {floor['p99']:.2f} ms. That part of every round trip is the client's and the broker's.",
+        f"- Redis ceiling: {ceiling:.0f} tasks/s if Redis did nothing but the commands one task needs on the",
+        "  worker's side (RPOP, ZADD, HSET, GET, SET EX, PUBLISH, ZREM, HDEL; `redis-benchmark -P 64`).",
+        f"  Celeriac's Redis drain reaches {100 * redis_rate / ceiling:.0f}% of it; the worker's CPU, not Redis, is the limit",
+        "  on this machine's two cores.",
+    ]
+    if cost:
+        lines.append(
+            f"- Host cost per task (criterion, `host/benches/host_cost.rs`, median): {cost.get('task', 0):.1f} µs to decode a "
+            f"message, run `math.add` in a fresh instance and encode the result; {cost.get('instance', 0):.1f} µs of it the "
+            "fresh instance and call.")
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    chart(rows, args.out.with_suffix(".png"))
 
 
 if __name__ == "__main__":

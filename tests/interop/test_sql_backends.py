@@ -2,64 +2,22 @@
 database backend (SQLAlchemy, with psycopg2 and PyMySQL).
 
 Tasks travel over Redis (a database number of the test's own); results go to a database
-created for the test and dropped after it, so tests never see each other's rows.
-PostgreSQL (127.0.0.1:5432, trust) and MariaDB (127.0.0.1:3306, root without password)
-must be running; `make test` starts them when they are installed (tests/services.sh).
+created for the test and dropped after it (`databases.py`). The SQS and ZooKeeper tests
+read their results from PostgreSQL and MySQL too.
 """
 
-import uuid
-from dataclasses import dataclass
-
-import psycopg2
-import pymysql
 import pytest
 
 from conftest import REDIS_HOST, REDIS_PORT, celery_app
+from databases import throwaway_database
 
 TIMEOUT = 60
-PG = dict(host="127.0.0.1", port=5432, user="postgres")
-MYSQL = dict(host="127.0.0.1", port=3306, user="root", password="")
-
-
-@dataclass
-class Database:
-    kind: str
-    name: str
-    worker_url: str  # as users give it to Celeriac
-    client_url: str  # as a Celery application names it, with its SQLAlchemy driver
-
-    def rows(self, sql, *params):
-        if self.kind == "postgresql":
-            with psycopg2.connect(dbname=self.name, **PG) as conn, conn.cursor() as cursor:
-                cursor.execute(sql.replace("?", "%s"), params)
-                return cursor.fetchall()
-        conn = pymysql.connect(database=self.name, **MYSQL)
-        try:
-            with conn.cursor() as cursor:
-                cursor.execute(sql.replace("?", "%s"), params)
-                return cursor.fetchall()
-        finally:
-            conn.close()
 
 
 @pytest.fixture(params=["postgresql", "mysql"])
 def database(request):
-    name = f"celeriac_{uuid.uuid4().hex[:12]}"
-    if request.param == "postgresql":
-        admin = psycopg2.connect(dbname="postgres", **PG)
-        admin.autocommit = True
-        admin.cursor().execute(f'CREATE DATABASE "{name}"')
-        yield Database("postgresql", name, f"db+postgresql://postgres@127.0.0.1:5432/{name}",
-                       f"db+postgresql+psycopg2://postgres@127.0.0.1:5432/{name}")
-        admin.cursor().execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        admin.close()
-    else:
-        admin = pymysql.connect(autocommit=True, **MYSQL)
-        admin.cursor().execute(f"CREATE DATABASE `{name}`")
-        yield Database("mysql", name, f"db+mysql://root@127.0.0.1:3306/{name}",
-                       f"db+mysql+pymysql://root@127.0.0.1:3306/{name}")
-        admin.cursor().execute(f"DROP DATABASE `{name}`")
-        admin.close()
+    with throwaway_database(request.param) as database:
+        yield database
 
 
 def broker(db):

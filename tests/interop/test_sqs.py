@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from conftest import BIN, PLUGINS, REDIS_HOST, REDIS_PORT, celery_app, eventually, free_port, received_ids, stored_results
+from databases import throwaway_database
 
 TIMEOUT = 60
 
@@ -71,14 +72,15 @@ def backend(db):
     return f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
 
 
-def test_tasks_and_failures_over_sqs(sqs_endpoint, db, make_worker):
+def test_tasks_and_failures_over_sqs_with_results_in_postgresql(sqs_endpoint, make_worker):
     sqs = Sqs(sqs_endpoint)
-    make_worker(sqs.url, backend(db), *sqs.worker_args())
-    app = celery_app(sqs.url, backend(db), broker_transport_options=sqs.options)
-    results = [app.send_task("math.add", (i, i)) for i in range(100)]
-    assert [r.get(timeout=TIMEOUT) for r in results] == [2 * i for i in range(100)]
-    with pytest.raises(ZeroDivisionError):
-        app.send_task("math.div", (1, 0)).get(timeout=TIMEOUT)
+    with throwaway_database("postgresql") as database:
+        make_worker(sqs.url, database.worker_url, *sqs.worker_args())
+        app = celery_app(sqs.url, database.client_url, broker_transport_options=sqs.options)
+        results = [app.send_task("math.add", (i, i)) for i in range(100)]
+        assert [r.get(timeout=TIMEOUT) for r in results] == [2 * i for i in range(100)]
+        with pytest.raises(ZeroDivisionError):
+            app.send_task("math.div", (1, 0)).get(timeout=TIMEOUT)
     assert eventually(lambda: sqs.waiting() == 0), "acknowledged messages must be deleted"
 
 

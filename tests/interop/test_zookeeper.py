@@ -6,6 +6,7 @@ virtual host of its own (`zookeeper://HOST:PORT/VHOST`, kombu's path prefix).
 """
 
 import json
+import socket
 import subprocess
 import time
 import uuid
@@ -16,6 +17,7 @@ import redis
 from kazoo.client import KazooClient
 
 from conftest import REDIS_HOST, REDIS_PORT, celery_app, eventually, free_port, stored_results
+from databases import throwaway_database
 
 TIMEOUT = 60
 ZOOKEEPER_JAR = Path("/usr/share/java/zookeeper.jar")
@@ -31,6 +33,14 @@ def zookeeper(tmp_path_factory):
         ["java", "-cp", f"/etc/zookeeper/conf:{ZOOKEEPER_JAR}", "-Dzookeeper.admin.enableServer=false",
          "org.apache.zookeeper.server.ZooKeeperServerMain", str(port), str(data)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while True:  # kazoo would log every refused attempt; wait for the port quietly
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert time.time() < deadline and server.poll() is None, "ZooKeeper did not start"
+            time.sleep(0.1)
     client = KazooClient(f"127.0.0.1:{port}")
     client.start(timeout=60)
     yield f"127.0.0.1:{port}", client
@@ -43,16 +53,17 @@ def backend(db):
     return f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
 
 
-def test_tasks_and_failures_over_zookeeper(zookeeper, db, make_worker):
+def test_tasks_and_failures_over_zookeeper_with_results_in_mysql(zookeeper, make_worker):
     endpoint, kazoo = zookeeper
     vhost = f"t{uuid.uuid4().hex[:10]}"
     url = f"zookeeper://{endpoint}/{vhost}"
-    make_worker(url, backend(db))
-    app = celery_app(url, backend(db))
-    results = [app.send_task("math.add", (i, i)) for i in range(100)]
-    assert [r.get(timeout=TIMEOUT) for r in results] == [2 * i for i in range(100)]
-    with pytest.raises(ZeroDivisionError):
-        app.send_task("math.div", (1, 0)).get(timeout=TIMEOUT)
+    with throwaway_database("mysql") as database:
+        make_worker(url, database.worker_url)
+        app = celery_app(url, database.client_url)
+        results = [app.send_task("math.add", (i, i)) for i in range(100)]
+        assert [r.get(timeout=TIMEOUT) for r in results] == [2 * i for i in range(100)]
+        with pytest.raises(ZeroDivisionError):
+            app.send_task("math.div", (1, 0)).get(timeout=TIMEOUT)
     assert eventually(lambda: kazoo.get_children(f"/{vhost}/celery") == []), "acknowledged entries must be deleted"
 
 

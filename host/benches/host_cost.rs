@@ -1,0 +1,82 @@
+//! The host's own cost per task, without a broker: a Celery task message (kombu's JSON
+//! envelope, as it arrives from Redis) is decoded, a fresh instance of the math plugin
+//! runs `math.add`, and the result meta is encoded, as the worker does for every task.
+//! A second case times the fresh instance and call alone.
+//!
+//! Needs the built plugin: `make plugins`, then `make bench` (or `cargo bench -p celeriac
+//! --bench host_cost` with CELERIAC_PLUGIN_DIR set, default $CARGO_TARGET_DIR/plugins).
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use celeriac::protocol::{Message, State, TaskRequest, TaskResult};
+use celeriac::runtime::{Invocation, Outcome, Runtime, TaskContext};
+use criterion::{criterion_group, criterion_main, Criterion};
+use serde_json::{json, Map, Value};
+
+fn plugin_path() -> PathBuf {
+    let dir = std::env::var_os("CELERIAC_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+            target.join("plugins")
+        });
+    dir.join("math.wasm")
+}
+
+fn invocation(request: &TaskRequest) -> Invocation {
+    Invocation {
+        context: TaskContext {
+            id: request.id.clone(),
+            name: request.name.clone(),
+            retries: request.retries,
+            root_id: request.root_id.clone(),
+            parent_id: request.parent_id.clone(),
+            group_id: request.group.clone(),
+            hostname: "celeriac@bench".into(),
+            delivery_queue: "celery".into(),
+        },
+        args_json: serde_json::to_string(&request.args).expect("args"),
+        kwargs_json: serde_json::to_string(&request.kwargs).expect("kwargs"),
+        time_limit: None,
+        soft_time_limit: None,
+        cancel: Arc::new(AtomicBool::new(false)),
+        progress: None,
+    }
+}
+
+fn host_cost(c: &mut Criterion) {
+    let path = plugin_path();
+    let runtime = Runtime::new(1, None).expect("wasmtime engine");
+    let plugin = runtime
+        .load_file(&path)
+        .unwrap_or_else(|e| panic!("cannot load {} (run `make plugins`): {e}", path.display()));
+    let envelope = TaskRequest::new("math.add", vec![json!(2), json!(3)], Map::new())
+        .encode()
+        .to_envelope_json();
+
+    c.bench_function("decode + fresh instance + math.add + encode result", |b| {
+        b.iter(|| {
+            let message = Message::from_envelope_json(&envelope).expect("envelope");
+            let request = TaskRequest::decode(&message).expect("task message");
+            let Outcome::Success(json) = runtime.execute(&plugin, invocation(&request)) else {
+                panic!("math.add failed");
+            };
+            let value: Value = serde_json::from_str(&json).expect("result JSON");
+            TaskResult::new(&request.id, State::Success, value)
+                .to_meta()
+                .to_string()
+        })
+    });
+
+    let request = TaskRequest::decode(&Message::from_envelope_json(&envelope).expect("envelope")).expect("task");
+    c.bench_function("fresh instance + math.add", |b| {
+        b.iter(|| runtime.execute(&plugin, invocation(&request)))
+    });
+}
+
+criterion_group!(benches, host_cost);
+criterion_main!(benches);
