@@ -9,6 +9,7 @@
 //! reserved-but-unstarted messages back to the broker.
 
 mod admission;
+mod canvas;
 mod executor;
 mod report;
 mod task;

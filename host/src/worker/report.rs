@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::canvas::{self, CanvasError, FollowUp};
 use super::Shared;
 use crate::broker::Delivery;
 use crate::protocol::result::{Extended, ReplyTo};
@@ -66,17 +67,34 @@ pub(super) async fn store_then_settle(
     result: TaskResult,
     after: Settle,
 ) {
+    store_publish_then_settle(shared, delivery, request, result, Vec::new(), after).await;
+}
+
+/// Store `result`, publish what the task sets off (chain, callbacks), then settle. A
+/// failure to store or to publish requeues the message: the task runs again (its stored
+/// SUCCESS is kept) rather than lose its result or the rest of its workflow.
+async fn store_publish_then_settle(
+    shared: &Shared,
+    delivery: &Delivery,
+    request: &TaskRequest,
+    result: TaskResult,
+    follow_ups: Vec<Result<FollowUp, CanvasError>>,
+    after: Settle,
+) {
+    let done = store(shared, request, result).await && publish(shared, request, follow_ups).await;
+    let after = if done { after } else { Settle::Reject { requeue: true } };
+    settle(shared, delivery, after).await;
+}
+
+/// Store with bounded retries; false if the backend stayed unreachable.
+async fn store(shared: &Shared, request: &TaskRequest, result: TaskResult) -> bool {
     if request.ignore_result && result.state == State::Success {
-        settle(shared, delivery, after).await;
-        return;
+        return true;
     }
     let mut delay = Duration::from_millis(250);
     for attempt in 1..=STORE_ATTEMPTS {
         match shared.results.submit(result.clone()).await {
-            Ok(()) => {
-                settle(shared, delivery, after).await;
-                return;
-            }
+            Ok(()) => return true,
             Err(err) if attempt < STORE_ATTEMPTS => {
                 tracing::warn!(task_id = %request.id, error = %err, attempt, "cannot store result; retrying");
                 tokio::time::sleep(delay).await;
@@ -88,7 +106,32 @@ pub(super) async fn store_then_settle(
             }
         }
     }
-    settle(shared, delivery, Settle::Reject { requeue: true }).await;
+    false
+}
+
+/// Publish a task's follow-ups; false if the broker refused one (the message is then
+/// requeued). A signature that cannot be sent is logged and skipped: running the task
+/// again would not mend it.
+async fn publish(shared: &Shared, request: &TaskRequest, follow_ups: Vec<Result<FollowUp, CanvasError>>) -> bool {
+    for follow_up in follow_ups {
+        match follow_up {
+            Ok(FollowUp {
+                queue,
+                request: mut next,
+            }) => {
+                next.origin = Some(shared.config.hostname.clone());
+                if let Err(err) = shared.broker.publish(&queue, &next.encode()).await {
+                    tracing::error!(task_id = %request.id, next = %next.name, error = %err,
+                        "cannot publish the next step; returning the message to the queue");
+                    return false;
+                }
+            }
+            Err(err) => {
+                tracing::error!(task_id = %request.id, task = %request.name, error = %err, "cannot send a follow-up task");
+            }
+        }
+    }
+    true
 }
 
 /// Report what came of running a task.
@@ -140,7 +183,12 @@ pub(super) async fn outcome(
         }
     };
     annotate(shared, request, &mut result);
-    store_then_settle(shared, delivery, request, result, after).await;
+    let follow_ups = match result.state {
+        State::Success => canvas::after_success(request, &result.result),
+        State::Failure => canvas::after_failure(request),
+        _ => Vec::new(),
+    };
+    store_publish_then_settle(shared, delivery, request, result, follow_ups, after).await;
 }
 
 fn failed(request: &TaskRequest, exc: &ExceptionInfo, traceback: Option<String>, secs: f64) -> (TaskResult, Settle) {

@@ -33,11 +33,10 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
     };
     let (id, name) = (request.id.as_str(), request.name.as_str());
     tracing::info!(task_id = %id, task = %name, "Task {name}[{id}] received");
-    let embed = &request.embed;
-    if embed.callbacks.is_some() || embed.errbacks.is_some() || embed.chain.is_some() || embed.chord.is_some() {
-        // Said loudly rather than dropped silently until canvas support lands.
+    if request.embed.chord.is_some() {
+        // Said loudly rather than dropped silently until chord support lands.
         tracing::warn!(task_id = %id, task = %name,
-            "Task {name}[{id}] carries link/link_error/chain/chord steps, which this version does not run yet");
+            "Task {name}[{id}] is part of a chord, whose body this version does not run yet");
     }
 
     if discard_if_expired(shared, &delivery, &request).await {
