@@ -195,3 +195,18 @@ def test_a_message_waiting_behind_a_long_task_goes_to_an_idle_worker(db, make_wo
     assert not long.ready(), "the short task waited for the long one instead of moving on"
     assert short.id in received_ids(idle)
     assert long.get(timeout=TIMEOUT) == 8000
+
+
+def test_a_rate_limit_from_the_manifest_spaces_that_task_only(db, make_worker, tmp_path):
+    (tmp_path / "plugins.d").mkdir(exist_ok=True)
+    (tmp_path / "plugins.d" / "math.toml").write_text('[tasks."math.add"]\nrate_limit = "5/s"\n')
+    make_worker(url(db), url(db))
+    app = celery_app(url(db), url(db))
+    began = time.monotonic()
+    limited = [app.send_task("math.add", (i, 0)) for i in range(10)]
+    free = [app.send_task("math.echo", (i,)) for i in range(10)]
+    assert [r.get(timeout=TIMEOUT) for r in free] == [[[i], {}] for i in range(10)]
+    assert not limited[-1].ready(), "tasks without a limit waited behind the limited ones"
+    assert [r.get(timeout=TIMEOUT) for r in limited] == list(range(10))
+    # Ten starts at 5/s: nine intervals of 0.2 s at least.
+    assert time.monotonic() - began >= 1.8

@@ -1,5 +1,6 @@
-//! `NAME.toml` beside `NAME.wasm`: a plugin's limits and grants. Without one a plugin
-//! gets the defaults below and nothing else: no files, no environment, no network.
+//! `NAME.toml` beside `NAME.wasm`: a plugin's limits, grants and per-task options. Without
+//! one a plugin gets the defaults below and nothing else: no files, no environment, no
+//! network.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,33 @@ pub struct Manifest {
     pub limits: Limits,
     #[serde(default)]
     pub grants: Grants,
+    /// Per-task options, by task name: `[tasks."math.add"]`.
+    #[serde(default)]
+    pub tasks: BTreeMap<String, TaskOptions>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TaskOptions {
+    /// Celery's rate limit for this task on each worker: `"10/s"`, `"100/m"`, `"1000/h"`.
+    pub rate_limit: Option<String>,
+}
+
+/// A Celery rate limit (`"10/s"`, `"100/m"`, `"1000/h"`, or a bare number per second) in
+/// tasks per second; `None` for `"0"`, which Celery reads as no limit.
+pub fn parse_rate(text: &str) -> Result<Option<f64>, String> {
+    let (count, per) = text.trim().split_once('/').unwrap_or((text.trim(), "s"));
+    let seconds = match per.trim() {
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        other => return Err(format!("rate limit {text:?}: unit {other:?} is not s, m or h")),
+    };
+    match count.trim().parse::<f64>() {
+        Ok(0.0) => Ok(None),
+        Ok(n) if n.is_finite() && n > 0.0 => Ok(Some(n / seconds)),
+        _ => Err(format!("rate limit {text:?} is not N/s, N/m or N/h")),
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -107,12 +135,23 @@ impl Manifest {
                 return Err(format!("limits.{name} must be a positive number of seconds"));
             }
         }
+        for (task, options) in &self.tasks {
+            if let Some(rate) = &options.rate_limit {
+                parse_rate(rate).map_err(|e| format!("tasks.{task:?}.rate_limit: {e}"))?;
+            }
+        }
         for dir in &self.grants.dirs {
             if !dir.host.is_dir() {
                 return Err(format!("grants.dirs: {} is not a directory", dir.host.display()));
             }
         }
         Ok(())
+    }
+
+    /// The rate limit of `task`, in tasks per second, if it has one.
+    pub fn rate_limit(&self, task: &str) -> Option<f64> {
+        let rate = self.tasks.get(task)?.rate_limit.as_deref()?;
+        parse_rate(rate).ok().flatten()
     }
 
     pub fn memory_bytes(&self) -> usize {
@@ -138,5 +177,25 @@ impl Manifest {
                 .map_err(|e| RuntimeError::Grant(format!("cannot mount {}: {e}", dir.host.display())))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_read_as_celery_reads_them() {
+        assert_eq!(parse_rate("10/s"), Ok(Some(10.0)));
+        assert_eq!(parse_rate("120/m"), Ok(Some(2.0)));
+        assert_eq!(parse_rate("3600/h"), Ok(Some(1.0)));
+        assert_eq!(parse_rate("4"), Ok(Some(4.0)));
+        assert_eq!(parse_rate("0"), Ok(None));
+        assert!(parse_rate("10/d").is_err());
+        assert!(parse_rate("-1/s").is_err());
+        assert!(parse_rate("fast").is_err());
+        let manifest: Manifest = toml::from_str("[tasks.\"math.add\"]\nrate_limit = \"5/s\"").unwrap();
+        assert_eq!(manifest.rate_limit("math.add"), Some(5.0));
+        assert_eq!(manifest.rate_limit("math.div"), None);
     }
 }

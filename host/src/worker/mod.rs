@@ -11,6 +11,7 @@
 mod admission;
 mod canvas;
 mod executor;
+mod rate_limit;
 mod report;
 mod task;
 
@@ -68,6 +69,8 @@ struct Shared {
     executors: ExecutorPool,
     /// Reservations, slots and look-ahead.
     gate: admission::Gate,
+    /// Per-task rate limits from the plugins' manifests.
+    rate_limits: rate_limit::RateLimits,
     /// Flips to true when a warm shutdown starts.
     stopping: watch::Receiver<bool>,
 }
@@ -114,6 +117,7 @@ impl Worker {
             runtime: self.runtime.clone(),
             executors,
             gate: admission::Gate::new(concurrency, prefetch),
+            rate_limits: rate_limit::RateLimits::default(),
             stopping: stop.clone(),
         });
         tracing::info!(

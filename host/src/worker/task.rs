@@ -76,6 +76,18 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
         }
     }
 
+    if let Some(rate) = plugin.manifest.rate_limit(name) {
+        let wait = shared.rate_limits.take_turn(name, rate);
+        if !wait.is_zero() {
+            // Waiting for its turn does not occupy a slot either.
+            slot = None;
+            if !wait_or_stop(shared, wait).await {
+                report::settle(shared, &delivery, report::Settle::Reject { requeue: true }).await;
+                return;
+            }
+        }
+    }
+
     // A slot, unless none frees up in time (the message goes back to the broker for an
     // idle worker) or the worker is stopping (it goes back unstarted).
     let slot = match slot {
