@@ -152,6 +152,7 @@ pub struct FileConfig {
     pub result_extended: Option<bool>,
     pub result_expires: Option<u64>,
     pub log_format: Option<String>,
+    pub http: Option<String>,
     #[serde(default)]
     pub broker_transport_options: HashMap<String, toml::Value>,
 }

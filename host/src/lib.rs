@@ -10,6 +10,8 @@ pub mod batch;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod http;
+pub mod metrics;
 pub mod protocol;
 pub mod runtime;
 pub mod worker;

@@ -41,6 +41,9 @@ class Worker:
         self.extra = list(extra)
         if "--concurrency" not in self.extra:
             self.extra += ["--concurrency", "2"]
+        if "--http" not in self.extra:
+            # Workers of concurrent tests must not fight over the default port.
+            self.extra += ["--http", "127.0.0.1:0"]
         self.plugins = folder / "plugins.d"
         self.plugins.mkdir(exist_ok=True)
         if not (self.plugins / "math.wasm").exists():
@@ -71,6 +74,11 @@ class Worker:
             assert self.process.poll() is None, f"worker exited:\n{self.log()}"
             time.sleep(0.05)
         raise AssertionError(f"worker never logged {text!r}:\n{self.log()}")
+
+    def status_url(self):
+        """The base URL of the worker's status port, from its log."""
+        self.wait_for_log("status port on http://")
+        return "http://" + self.log().split("status port on http://", 1)[1].split()[0]
 
     def kill(self):
         """SIGKILL: no chance to hand anything back."""

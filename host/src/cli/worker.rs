@@ -1,5 +1,6 @@
 //! `celeriac worker`: run the host as a service until SIGTERM / SIGINT.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use tokio::sync::watch;
 
 use super::CommonArgs;
 use crate::config::{default_hostname, FileConfig};
+use crate::http::Status;
 use crate::runtime::{cache::default_cache_dir, watcher, Runtime};
 use crate::worker::{Worker, WorkerConfig};
 use crate::{backend, broker};
@@ -44,7 +46,14 @@ pub struct WorkerArgs {
     /// Store name, args, kwargs, worker, retries and queue with results (Celery's result_extended).
     #[arg(long, env = "CELERIAC_RESULT_EXTENDED")]
     pub result_extended: bool,
+    /// Address of the status port (/healthz, /readyz, /metrics), or `off`
+    /// (default 127.0.0.1:8793; port 0 picks a free one).
+    #[arg(long, env = "CELERIAC_HTTP")]
+    pub http: Option<String>,
 }
+
+/// Where the status port listens when nothing says otherwise.
+pub const DEFAULT_HTTP: &str = "127.0.0.1:8793";
 
 pub async fn run(common: &CommonArgs, file: &FileConfig, args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let connection = common.connection(file)?;
@@ -90,9 +99,29 @@ pub async fn run(common: &CommonArgs, file: &FileConfig, args: WorkerArgs) -> an
         .await
         .context("cannot open the result backend")?;
 
+    let status = Arc::new(Status::default());
+    let http = args
+        .http
+        .or_else(|| file.http.clone())
+        .unwrap_or_else(|| DEFAULT_HTTP.to_owned());
+    if http != "off" {
+        let addr: SocketAddr = http
+            .parse()
+            .with_context(|| format!("--http {http:?} is not HOST:PORT (or off)"))?;
+        // A second worker on the same machine finds the port taken: it runs without one.
+        match crate::http::serve(addr, status.clone()).await {
+            Ok(bound) => {
+                tracing::info!(address = %bound, "status port on http://{bound} (/healthz, /readyz, /metrics)")
+            }
+            Err(err) => tracing::warn!(address = %addr, error = %err, "status port unavailable; running without it"),
+        }
+    }
+
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(handle_signals(stop_tx));
-    Worker::new(config, broker, backend, runtime).run(stop_rx).await?;
+    Worker::new(config, broker, backend, runtime, status)
+        .run(stop_rx)
+        .await?;
     Ok(ExitCode::SUCCESS)
 }
 

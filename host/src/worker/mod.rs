@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use crate::backend::{BackendError, ResultBackend};
 use crate::batch::Batcher;
 use crate::broker::{Broker, BrokerError};
+use crate::http::Status;
 use crate::protocol::TaskResult;
 use crate::runtime::Runtime;
 
@@ -71,6 +72,8 @@ struct Shared {
     gate: admission::Gate,
     /// Per-task rate limits from the plugins' manifests.
     rate_limits: rate_limit::RateLimits,
+    /// Readiness and metrics, served on the status port.
+    status: Arc<Status>,
     /// Flips to true when a warm shutdown starts.
     stopping: watch::Receiver<bool>,
 }
@@ -80,6 +83,7 @@ pub struct Worker {
     broker: Arc<dyn Broker>,
     backend: Arc<dyn ResultBackend>,
     runtime: Arc<Runtime>,
+    status: Arc<Status>,
 }
 
 impl Worker {
@@ -88,12 +92,14 @@ impl Worker {
         broker: Arc<dyn Broker>,
         backend: Arc<dyn ResultBackend>,
         runtime: Arc<Runtime>,
+        status: Arc<Status>,
     ) -> Worker {
         Worker {
             config,
             broker,
             backend,
             runtime,
+            status,
         }
     }
 
@@ -118,6 +124,7 @@ impl Worker {
             executors,
             gate: admission::Gate::new(concurrency, prefetch),
             rate_limits: rate_limit::RateLimits::default(),
+            status: self.status.clone(),
             stopping: stop.clone(),
         });
         tracing::info!(
@@ -129,6 +136,7 @@ impl Worker {
             "celeriac worker ready"
         );
 
+        self.status.ready.store(true, std::sync::atomic::Ordering::Relaxed);
         let mut stop_signal = stop.clone();
         let mut backoff = Duration::from_millis(100);
         while !*stop.borrow() {
@@ -167,6 +175,7 @@ impl Worker {
                 });
             }
         }
+        self.status.ready.store(false, std::sync::atomic::Ordering::Relaxed);
         tracing::info!("warm shutdown: no new tasks; waiting for running tasks to finish");
         // Every handler holds a reservation until it has acked or handed its message back.
         shared.gate.drain(prefetch).await;

@@ -81,6 +81,7 @@ async fn store_publish_then_settle(
     follow_ups: Vec<Result<FollowUp, CanvasError>>,
     after: Settle,
 ) {
+    shared.status.metrics.finished(&request.name, result.state.as_str());
     let done = store(shared, request, result).await && publish(shared, request, follow_ups).await;
     let after = if done { after } else { Settle::Reject { requeue: true } };
     settle(shared, delivery, after).await;
@@ -173,6 +174,7 @@ pub(super) async fn outcome(
         },
         Outcome::Reject { requeue } => {
             tracing::warn!(task_id = %id, task = %name, requeue, "Task {name}[{id}] rejected by the task");
+            shared.status.metrics.finished(name, "REJECTED");
             settle(shared, delivery, Settle::Reject { requeue }).await;
             return;
         }

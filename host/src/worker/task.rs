@@ -127,11 +127,16 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
         progress: Some(report::progress_sink(shared, &request)),
     };
     shared.gate.started(delivery.tag);
+    shared.status.metrics.started();
     let ran = shared
         .executors
         .run(plugin, invocation, Instant::now() + admission::LOOKAHEAD_WAIT)
         .await;
     shared.gate.finished(delivery.tag);
+    shared
+        .status
+        .metrics
+        .left_executor(name, ran.as_ref().map(|r| r.runtime));
     // The slot is for running guests; storing the result and acking are I/O and must
     // not keep the next task from starting.
     drop(slot);

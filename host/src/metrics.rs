@@ -1,0 +1,106 @@
+//! The worker's Prometheus metrics: tasks by name and final state, how long they ran, and
+//! how many run now. Served as OpenMetrics text on the HTTP port's `/metrics`.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+type TaskState = Vec<(&'static str, String)>;
+type TaskName = Vec<(&'static str, String)>;
+
+pub struct Metrics {
+    registry: Registry,
+    finished: Family<TaskState, Counter>,
+    runtime: Family<TaskName, Histogram>,
+    running: Gauge,
+}
+
+fn runtime_histogram() -> Histogram {
+    // 10 µs to ~80 s: a Wasm task's whole range, from a fresh instance to a long job.
+    Histogram::new(exponential_buckets(1e-5, 4.0, 12))
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let mut registry = Registry::with_prefix("celeriac");
+        let finished = Family::<TaskState, Counter>::default();
+        let runtime = Family::<TaskName, Histogram>::new_with_constructor(runtime_histogram as fn() -> Histogram);
+        let running = Gauge::default();
+        registry.register(
+            "tasks",
+            "Tasks finished, by task name and final state",
+            finished.clone(),
+        );
+        registry.register(
+            "task_runtime_seconds",
+            "Time tasks spent running in their Wasm instance",
+            runtime.clone(),
+        );
+        registry.register("tasks_running", "Tasks running now", running.clone());
+        Metrics {
+            registry,
+            finished,
+            runtime,
+            running,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn started(&self) {
+        self.running.inc();
+    }
+
+    /// A task left its executor: it ran for `runtime`, or (`None`) it was withdrawn unstarted.
+    pub fn left_executor(&self, task: &str, runtime: Option<Duration>) {
+        self.running.dec();
+        if let Some(runtime) = runtime {
+            self.runtime
+                .get_or_create(&vec![("task", task.to_owned())])
+                .observe(runtime.as_secs_f64());
+        }
+    }
+
+    /// A task's outcome was stored (SUCCESS, FAILURE, RETRY, REVOKED, REJECTED…).
+    pub fn finished(&self, task: &str, state: &str) {
+        self.finished
+            .get_or_create(&vec![("task", task.to_owned()), ("state", state.to_owned())])
+            .inc();
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_runtimes_are_encoded_by_task() {
+        let metrics = Metrics::default();
+        metrics.started();
+        metrics.left_executor("math.add", Some(Duration::from_micros(20)));
+        metrics.finished("math.add", "SUCCESS");
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"celeriac_tasks_total{task="math.add",state="SUCCESS"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"celeriac_task_runtime_seconds_count{task="math.add"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("celeriac_tasks_running 0"), "{text}");
+    }
+}
