@@ -210,3 +210,21 @@ def test_a_rate_limit_from_the_manifest_spaces_that_task_only(db, make_worker, t
     assert [r.get(timeout=TIMEOUT) for r in limited] == list(range(10))
     # Ten starts at 5/s: nine intervals of 0.2 s at least.
     assert time.monotonic() - began >= 1.8
+
+
+def test_autoretry_for_from_the_manifest_retries_then_fails_with_the_original_error(db, make_worker, tmp_path):
+    (tmp_path / "plugins.d").mkdir(exist_ok=True)
+    (tmp_path / "plugins.d" / "math.toml").write_text(
+        '[tasks."math.div"]\nautoretry_for = ["ZeroDivisionError"]\nmax_retries = 2\ndefault_retry_delay = 0.1\n')
+    worker = make_worker(url(db), url(db))
+    app = celery_app(url(db), url(db))
+    failing = app.send_task("math.div", (1, 0))
+    with pytest.raises(ZeroDivisionError):
+        failing.get(timeout=TIMEOUT)
+    assert received_ids(worker, "math.div").count(failing.id) == 3, "the first run and two retries"
+    assert app.send_task("math.div", (6, 3)).get(timeout=TIMEOUT) == 2
+    # A failure not listed is not retried.
+    other = app.send_task("math.add", ("a", 1))
+    with pytest.raises(Exception):
+        other.get(timeout=TIMEOUT)
+    assert received_ids(worker, "math.add").count(other.id) == 1

@@ -32,6 +32,43 @@ pub struct Manifest {
 pub struct TaskOptions {
     /// Celery's rate limit for this task on each worker: `"10/s"`, `"100/m"`, `"1000/h"`.
     pub rate_limit: Option<String>,
+    /// Celery's `autoretry_for`: exception type names (`"ValueError"`) that make a failure
+    /// a retry, up to `max_retries`.
+    #[serde(default)]
+    pub autoretry_for: Vec<String>,
+    /// Most retries (Celery's default 3).
+    pub max_retries: Option<u32>,
+    /// Seconds before a retry without backoff (Celery's `default_retry_delay`, 180).
+    pub default_retry_delay: Option<f64>,
+    /// Exponential backoff factor in seconds (Celery's `retry_backoff`): retry n waits
+    /// `factor × 2ⁿ` seconds, at most `retry_backoff_max` (600), with full jitter unless
+    /// `retry_jitter = false`.
+    pub retry_backoff: Option<f64>,
+    pub retry_backoff_max: Option<f64>,
+    pub retry_jitter: Option<bool>,
+}
+
+impl TaskOptions {
+    /// Whether a failure of type `exc_type` is retried automatically.
+    pub fn autoretries(&self, exc_type: &str) -> bool {
+        self.autoretry_for.iter().any(|t| t == exc_type || t == "Exception")
+    }
+
+    /// Seconds before retry number `retries + 1`, as Celery computes it; `jitter` in [0, 1).
+    pub fn retry_countdown(&self, retries: u32, jitter: f64) -> f64 {
+        match self.retry_backoff {
+            None => self.default_retry_delay.unwrap_or(180.0),
+            Some(factor) => {
+                let ceiling = self.retry_backoff_max.unwrap_or(600.0);
+                let countdown = (factor * 2f64.powi(retries.min(62) as i32)).min(ceiling);
+                if self.retry_jitter.unwrap_or(true) {
+                    (jitter * (countdown + 1.0)).floor().min(countdown)
+                } else {
+                    countdown
+                }
+            }
+        }
+    }
 }
 
 /// A Celery rate limit (`"10/s"`, `"100/m"`, `"1000/h"`, or a bare number per second) in
@@ -195,7 +232,28 @@ mod tests {
         assert!(parse_rate("-1/s").is_err());
         assert!(parse_rate("fast").is_err());
         let manifest: Manifest = toml::from_str("[tasks.\"math.add\"]\nrate_limit = \"5/s\"").unwrap();
+        assert_eq!(manifest.tasks["math.add"].retry_countdown(0, 0.5), 180.0);
         assert_eq!(manifest.rate_limit("math.add"), Some(5.0));
         assert_eq!(manifest.rate_limit("math.div"), None);
+    }
+
+    #[test]
+    fn backoff_follows_celery() {
+        let options = TaskOptions {
+            autoretry_for: vec!["ZeroDivisionError".into()],
+            retry_backoff: Some(2.0),
+            retry_jitter: Some(false),
+            ..Default::default()
+        };
+        assert!(options.autoretries("ZeroDivisionError") && !options.autoretries("ValueError"));
+        let countdowns: Vec<f64> = (0..4).map(|n| options.retry_countdown(n, 0.0)).collect();
+        assert_eq!(countdowns, [2.0, 4.0, 8.0, 16.0]);
+        assert_eq!(options.retry_countdown(40, 0.0), 600.0, "capped by retry_backoff_max");
+        let jittered = TaskOptions {
+            retry_jitter: None,
+            ..options
+        };
+        assert_eq!(jittered.retry_countdown(3, 0.0), 0.0);
+        assert!(jittered.retry_countdown(3, 0.999) <= 16.0);
     }
 }

@@ -12,6 +12,7 @@ use crate::broker::Delivery;
 use crate::protocol::result::{Extended, ReplyTo};
 use crate::protocol::time::from_now;
 use crate::protocol::{ExceptionInfo, State, TaskRequest, TaskResult};
+use crate::runtime::manifest::TaskOptions;
 use crate::runtime::{Outcome, ProgressSink};
 
 /// Celery's `default_retry_delay`.
@@ -140,6 +141,7 @@ pub(super) async fn outcome(
     shared: &Shared,
     delivery: &Delivery,
     request: &TaskRequest,
+    options: Option<&TaskOptions>,
     outcome: Outcome,
     runtime: Duration,
 ) {
@@ -163,7 +165,18 @@ pub(super) async fn outcome(
                 secs,
             ),
         },
-        Outcome::Failure { exc, traceback } => failed(request, &exc, traceback, secs),
+        Outcome::Failure { exc, traceback } => match options.filter(|o| o.autoretries(&exc.exc_type)) {
+            // Celery's autoretry_for: a retry while retries remain, then the failure itself.
+            Some(options) if request.retries < options.max_retries.unwrap_or(DEFAULT_MAX_RETRIES) => {
+                let countdown = options.retry_countdown(request.retries, jitter());
+                let reason = Some(format!("Retry in {countdown}s: {}", exc.repr()));
+                match retry(shared, request, Some(countdown), options.max_retries, reason).await {
+                    Ok(result) => (result, Settle::Ack),
+                    Err(failure) => failure,
+                }
+            }
+            _ => failed(request, &exc, traceback, secs),
+        },
         Outcome::Retry {
             countdown,
             max_retries,
@@ -191,6 +204,11 @@ pub(super) async fn outcome(
         _ => Vec::new(),
     };
     store_publish_then_settle(shared, delivery, request, result, follow_ups, after).await;
+}
+
+/// A number in [0, 1) for retry jitter (a random UUID is random enough for spacing retries).
+fn jitter() -> f64 {
+    (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64
 }
 
 fn failed(request: &TaskRequest, exc: &ExceptionInfo, traceback: Option<String>, secs: f64) -> (TaskResult, Settle) {

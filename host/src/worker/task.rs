@@ -130,7 +130,7 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
     shared.status.metrics.started();
     let ran = shared
         .executors
-        .run(plugin, invocation, Instant::now() + admission::LOOKAHEAD_WAIT)
+        .run(plugin.clone(), invocation, Instant::now() + admission::LOOKAHEAD_WAIT)
         .await;
     shared.gate.finished(delivery.tag);
     shared
@@ -145,7 +145,8 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
         report::settle(shared, &delivery, report::Settle::Reject { requeue: true }).await;
         return;
     };
-    report::outcome(shared, &delivery, &request, ran.outcome, ran.runtime).await;
+    let options = plugin.manifest.tasks.get(&request.name);
+    report::outcome(shared, &delivery, &request, options, ran.outcome, ran.runtime).await;
 }
 
 /// A task past its `expires` is not run: REVOKED is stored and the message acked.
