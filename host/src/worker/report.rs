@@ -208,7 +208,8 @@ pub(super) async fn outcome(
 
 /// A number in [0, 1) for retry jitter (a random UUID is random enough for spacing retries).
 fn jitter() -> f64 {
-    (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64
+    // The low 53 bits of a v4 UUID are all random (its version and variant bits sit higher).
+    (uuid::Uuid::new_v4().as_u128() & ((1 << 53) - 1)) as f64 / (1u64 << 53) as f64
 }
 
 fn failed(request: &TaskRequest, exc: &ExceptionInfo, traceback: Option<String>, secs: f64) -> (TaskResult, Settle) {
