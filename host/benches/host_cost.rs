@@ -7,11 +7,9 @@
 //! --bench host_cost` with CELERIAC_PLUGIN_DIR set, default $CARGO_TARGET_DIR/plugins).
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 use celeriac::protocol::{Message, State, TaskRequest, TaskResult};
-use celeriac::runtime::{Invocation, Outcome, Runtime, TaskContext};
+use celeriac::runtime::{Invocation, Outcome, Runtime};
 use criterion::{criterion_group, criterion_main, Criterion};
 use serde_json::{json, Map, Value};
 
@@ -28,24 +26,7 @@ fn plugin_path() -> PathBuf {
 }
 
 fn invocation(request: &TaskRequest) -> Invocation {
-    Invocation {
-        context: TaskContext {
-            id: request.id.clone(),
-            name: request.name.clone(),
-            retries: request.retries,
-            root_id: request.root_id.clone(),
-            parent_id: request.parent_id.clone(),
-            group_id: request.group.clone(),
-            hostname: "celeriac@bench".into(),
-            delivery_queue: "celery".into(),
-        },
-        args_json: serde_json::to_string(&request.args).expect("args"),
-        kwargs_json: serde_json::to_string(&request.kwargs).expect("kwargs"),
-        time_limit: None,
-        soft_time_limit: None,
-        cancel: Arc::new(AtomicBool::new(false)),
-        progress: None,
-    }
+    Invocation::for_task(request, "celeriac@bench", "celery")
 }
 
 fn host_cost(c: &mut Criterion) {

@@ -16,7 +16,8 @@ use super::limits::{Deadline, MemoryLimiter};
 use super::plugin::PluginVersion;
 use super::state::{ProgressSink, TaskState};
 use super::{Runtime, RuntimeError};
-use crate::protocol::ExceptionInfo;
+use crate::protocol::time::seconds;
+use crate::protocol::{ExceptionInfo, TaskRequest};
 
 /// Guest output kept per task (the tail is what matters: a panic message, a traceback).
 const OUTPUT_CAP: usize = 64 * 1024;
@@ -55,6 +56,32 @@ pub enum Outcome {
     },
     /// Stopped on request (revoke with terminate).
     Terminated,
+}
+
+impl Invocation {
+    /// The call for a decoded task message, received by `hostname` from `delivery_queue`:
+    /// the message's own time limits (none: the manifest's), no cancel, no progress sink.
+    pub fn for_task(request: &TaskRequest, hostname: &str, delivery_queue: &str) -> Invocation {
+        let limit = |value: Option<f64>| value.filter(|v| *v > 0.0).and_then(seconds);
+        Invocation {
+            context: TaskContext {
+                id: request.id.clone(),
+                name: request.name.clone(),
+                retries: request.retries,
+                root_id: request.root_id.clone(),
+                parent_id: request.parent_id.clone(),
+                group_id: request.group.clone(),
+                hostname: hostname.to_owned(),
+                delivery_queue: delivery_queue.to_owned(),
+            },
+            args_json: serde_json::to_string(&request.args).unwrap_or_else(|_| "[]".into()),
+            kwargs_json: serde_json::to_string(&request.kwargs).unwrap_or_else(|_| "{}".into()),
+            time_limit: limit(request.time_limit.0),
+            soft_time_limit: limit(request.time_limit.1),
+            cancel: Arc::new(AtomicBool::new(false)),
+            progress: None,
+        }
+    }
 }
 
 impl Outcome {

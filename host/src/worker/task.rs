@@ -1,7 +1,6 @@
 //! One delivery's way through the worker: decode, check, wait for its ETA and a free slot,
 //! execute, report.
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,9 +10,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::Shared;
 use super::{admission, report};
 use crate::broker::Delivery;
-use crate::protocol::time::seconds;
 use crate::protocol::{ExceptionInfo, State, TaskRequest, TaskResult};
-use crate::runtime::{Invocation, TaskContext};
+use crate::runtime::Invocation;
 
 /// `slot` is the free slot the message was admitted with, if there was one.
 pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: Option<OwnedSemaphorePermit>) {
@@ -109,22 +107,8 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
     };
 
     let invocation = Invocation {
-        context: TaskContext {
-            id: request.id.clone(),
-            name: request.name.clone(),
-            retries: request.retries,
-            root_id: request.root_id.clone(),
-            parent_id: request.parent_id.clone(),
-            group_id: request.group.clone(),
-            hostname: shared.config.hostname.clone(),
-            delivery_queue: delivery.queue.clone(),
-        },
-        args_json: serde_json::to_string(&request.args).unwrap_or_else(|_| "[]".into()),
-        kwargs_json: serde_json::to_string(&request.kwargs).unwrap_or_else(|_| "{}".into()),
-        time_limit: limit(request.time_limit.0),
-        soft_time_limit: limit(request.time_limit.1),
-        cancel: Arc::new(AtomicBool::new(false)),
         progress: Some(report::progress_sink(shared, &request)),
+        ..Invocation::for_task(&request, &shared.config.hostname, &delivery.queue)
     };
     shared.gate.started(delivery.tag);
     shared.status.metrics.started();
@@ -175,9 +159,4 @@ async fn wait_or_stop(shared: &Shared, wait: Duration) -> bool {
 async fn stopped(mut stopping: tokio::sync::watch::Receiver<bool>) {
     // An error means the sender is gone, which only happens when the worker is ending.
     let _ = stopping.wait_for(|stop| *stop).await;
-}
-
-/// A time limit from a message header: positive, or none.
-fn limit(value: Option<f64>) -> Option<Duration> {
-    value.filter(|v| *v > 0.0).and_then(seconds)
 }
