@@ -1,8 +1,6 @@
 //! The worker's Prometheus metrics: tasks by name and final state, how long they ran, and
 //! how many run now. Served as OpenMetrics text on the HTTP port's `/metrics`.
 
-use std::time::Duration;
-
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -10,14 +8,25 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::runtime::Usage;
+
 type TaskState = Vec<(&'static str, String)>;
 type TaskName = Vec<(&'static str, String)>;
+
+type PluginName = Vec<(&'static str, String)>;
 
 pub struct Metrics {
     registry: Registry,
     finished: Family<TaskState, Counter>,
     runtime: Family<TaskName, Histogram>,
+    cpu: Family<TaskName, Counter<f64>>,
+    peak_memory: Family<PluginName, Histogram>,
     running: Gauge,
+}
+
+fn memory_histogram() -> Histogram {
+    // 64 KiB (one Wasm page) to 4 GiB (all a 32-bit memory can hold).
+    Histogram::new(exponential_buckets(65536.0, 4.0, 9))
 }
 
 fn runtime_histogram() -> Histogram {
@@ -31,6 +40,18 @@ impl Default for Metrics {
         let finished = Family::<TaskState, Counter>::default();
         let runtime = Family::<TaskName, Histogram>::new_with_constructor(runtime_histogram as fn() -> Histogram);
         let running = Gauge::default();
+        let cpu = Family::<TaskName, Counter<f64>>::default();
+        let peak_memory = Family::<PluginName, Histogram>::new_with_constructor(memory_histogram as fn() -> Histogram);
+        registry.register(
+            "task_cpu_seconds",
+            "CPU time tasks used in their Wasm instance (guest code and host calls)",
+            cpu.clone(),
+        );
+        registry.register(
+            "task_peak_memory_bytes",
+            "Most linear memory a task's instance held, by plugin",
+            peak_memory.clone(),
+        );
         registry.register(
             "tasks",
             "Tasks finished, by task name and final state",
@@ -46,6 +67,8 @@ impl Default for Metrics {
             registry,
             finished,
             runtime,
+            cpu,
+            peak_memory,
             running,
         }
     }
@@ -56,13 +79,17 @@ impl Metrics {
         self.running.inc();
     }
 
-    /// A task left its executor: it ran for `runtime`, or (`None`) it was withdrawn unstarted.
-    pub fn left_executor(&self, task: &str, runtime: Option<Duration>) {
+    /// A task of `plugin` left its executor, having used `usage`, or (`None`) withdrawn
+    /// unstarted.
+    pub fn left_executor(&self, task: &str, plugin: &str, usage: Option<Usage>) {
         self.running.dec();
-        if let Some(runtime) = runtime {
-            self.runtime
-                .get_or_create(&vec![("task", task.to_owned())])
-                .observe(runtime.as_secs_f64());
+        if let Some(usage) = usage {
+            let task = vec![("task", task.to_owned())];
+            self.runtime.get_or_create(&task).observe(usage.wall.as_secs_f64());
+            self.cpu.get_or_create(&task).inc_by(usage.cpu.as_secs_f64());
+            self.peak_memory
+                .get_or_create(&vec![("plugin", plugin.to_owned())])
+                .observe(usage.peak_memory as f64);
         }
     }
 
@@ -90,7 +117,12 @@ mod tests {
     fn counts_and_runtimes_are_encoded_by_task() {
         let metrics = Metrics::default();
         metrics.started();
-        metrics.left_executor("math.add", Some(Duration::from_micros(20)));
+        let usage = Usage {
+            wall: std::time::Duration::from_micros(20),
+            cpu: std::time::Duration::from_micros(15),
+            peak_memory: 1 << 20,
+        };
+        metrics.left_executor("math.add", "math", Some(usage));
         metrics.finished("math.add", "SUCCESS");
         let text = metrics.encode();
         assert!(
@@ -102,5 +134,13 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("celeriac_tasks_running 0"), "{text}");
+        assert!(
+            text.contains(r#"celeriac_task_peak_memory_bytes_count{plugin="math"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"celeriac_task_cpu_seconds_total{task="math.add"}"#),
+            "{text}"
+        );
     }
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
@@ -116,12 +116,14 @@ pub struct AmqpBroker {
     inbox: Mutex<mpsc::UnboundedReceiver<(u64, lapin::message::Delivery)>>,
     inbox_sender: mpsc::UnboundedSender<(u64, lapin::message::Delivery)>,
     held: SyncMutex<HashMap<u64, Held>>,
+    /// The consumer of each queue on the live channel, for `cancel_queue`.
+    consumer_tags: SyncMutex<HashMap<String, String>>,
     next_tag: AtomicU64,
     acks: Acks,
     ack_batcher: Batcher<Held, BrokerError>,
 }
 
-fn op(err: lapin::Error) -> BrokerError {
+pub(super) fn op(err: lapin::Error) -> BrokerError {
     BrokerError::Operation(format!("amqp: {err}"))
 }
 
@@ -142,6 +144,7 @@ impl AmqpBroker {
             inbox: Mutex::new(inbox),
             inbox_sender,
             held: SyncMutex::new(HashMap::new()),
+            consumer_tags: SyncMutex::new(HashMap::new()),
             next_tag: AtomicU64::new(1),
             acks,
             ack_batcher,
@@ -191,34 +194,7 @@ impl AmqpBroker {
                 .await
                 .map_err(op)?;
             for queue in &queues {
-                self.declare_on(&channel, queue).await?;
-                let consumer = channel
-                    .basic_consume(
-                        queue.as_str().into(),
-                        "".into(),
-                        BasicConsumeOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await
-                    .map_err(op)?;
-                let inbox = self.inbox_sender.clone();
-                let queue = queue.clone();
-                tokio::spawn(async move {
-                    let mut consumer = consumer;
-                    while let Some(delivery) = consumer.next().await {
-                        match delivery {
-                            Ok(delivery) => {
-                                if inbox.send((generation, delivery)).is_err() {
-                                    return;
-                                }
-                            }
-                            Err(err) => {
-                                tracing::warn!(queue = %queue, error = %err, "AMQP consumer stopped");
-                                return;
-                            }
-                        }
-                    }
-                });
+                self.start_consumer(&channel, queue, generation).await?;
             }
         }
         *live = Some(Live {
@@ -226,6 +202,46 @@ impl AmqpBroker {
             channel: channel.clone(),
         });
         Ok(channel)
+    }
+
+    /// Declare `queue` and forward its deliveries to the inbox, tagged with the channel's
+    /// generation.
+    async fn start_consumer(&self, channel: &Channel, queue: &str, generation: u64) -> Result<(), BrokerError> {
+        self.declare_on(channel, queue).await?;
+        let consumer = channel
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(op)?;
+        self.consumer_tags()
+            .insert(queue.to_owned(), consumer.tag().as_str().to_owned());
+        let inbox = self.inbox_sender.clone();
+        let queue = queue.to_owned();
+        tokio::spawn(async move {
+            let mut consumer = consumer;
+            while let Some(delivery) = consumer.next().await {
+                match delivery {
+                    Ok(delivery) => {
+                        if inbox.send((generation, delivery)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(queue = %queue, error = %err, "AMQP consumer stopped");
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn consumer_tags(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.consumer_tags.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Celery's declaration of a queue: direct exchange and durable queue, one name.
@@ -266,25 +282,12 @@ impl AmqpBroker {
     }
 
     fn to_delivery(&self, (generation, delivery): (u64, lapin::message::Delivery)) -> Delivery {
-        let p = &delivery.properties;
-        let text = |s: &Option<ShortString>| s.as_ref().map(|s| s.as_str().to_owned());
-        let headers = p.headers().as_ref().map(table_to_json).unwrap_or_default();
-        let message = Message {
-            body: delivery.data,
-            content_type: text(p.content_type()).unwrap_or_else(|| "application/json".into()),
-            content_encoding: text(p.content_encoding()).unwrap_or_else(|| "utf-8".into()),
-            headers,
-            properties: Properties {
-                correlation_id: text(p.correlation_id()),
-                reply_to: text(p.reply_to()),
-                delivery_mode: p.delivery_mode().unwrap_or(2),
-                priority: p.priority().unwrap_or(0),
-                delivery_info: DeliveryInfo {
-                    exchange: delivery.exchange.as_str().to_owned(),
-                    routing_key: delivery.routing_key.as_str().to_owned(),
-                },
-            },
-        };
+        let message = message_of(
+            &delivery.properties,
+            delivery.data,
+            &delivery.exchange,
+            &delivery.routing_key,
+        );
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
         self.held().insert(
             tag,
@@ -305,18 +308,7 @@ impl AmqpBroker {
 
     async fn publish_to(&self, exchange: &str, routing_key: &str, message: &Message) -> Result<(), BrokerError> {
         let channel = self.channel().await?;
-        let mut properties = BasicProperties::default()
-            .with_content_type(message.content_type.as_str().into())
-            .with_content_encoding(message.content_encoding.as_str().into())
-            .with_headers(json_to_table(&message.headers))
-            .with_delivery_mode(message.properties.delivery_mode)
-            .with_priority(message.properties.priority);
-        if let Some(id) = &message.properties.correlation_id {
-            properties = properties.with_correlation_id(id.as_str().into());
-        }
-        if let Some(reply_to) = &message.properties.reply_to {
-            properties = properties.with_reply_to(reply_to.as_str().into());
-        }
+        let properties = properties_of(message);
         let confirm = channel
             .basic_publish(
                 exchange.into(),
@@ -355,6 +347,29 @@ impl Broker for AmqpBroker {
             let _ = live.connection.close(200, "reconfiguring".into()).await;
         }
         self.channel().await.map(|_| ())
+    }
+
+    async fn add_queue(&self, queue: &str) -> Result<(), BrokerError> {
+        let channel = self.channel().await?;
+        if let Some((queues, _)) = self.consuming.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            queues.push(queue.to_owned());
+        }
+        let generation = lock(&self.acks).generation;
+        self.start_consumer(&channel, queue, generation).await
+    }
+
+    async fn cancel_queue(&self, queue: &str) -> Result<(), BrokerError> {
+        if let Some((queues, _)) = self.consuming.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            queues.retain(|q| q != queue);
+        }
+        let Some(tag) = self.consumer_tags().remove(queue) else {
+            return Ok(());
+        };
+        let channel = self.channel().await?;
+        channel
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await
+            .map_err(op)
     }
 
     async fn receive(&self, _queues: &[String], max: usize, wait: Duration) -> Result<Vec<Delivery>, BrokerError> {
@@ -420,6 +435,50 @@ impl Broker for AmqpBroker {
         }
         Ok(())
     }
+}
+
+/// A received AMQP message as a broker-neutral [`Message`].
+pub(super) fn message_of(
+    properties: &BasicProperties,
+    body: Vec<u8>,
+    exchange: &ShortString,
+    routing_key: &ShortString,
+) -> Message {
+    let p = properties;
+    let text = |s: &Option<ShortString>| s.as_ref().map(|s| s.as_str().to_owned());
+    Message {
+        body,
+        content_type: text(p.content_type()).unwrap_or_else(|| "application/json".into()),
+        content_encoding: text(p.content_encoding()).unwrap_or_else(|| "utf-8".into()),
+        headers: p.headers().as_ref().map(table_to_json).unwrap_or_default(),
+        properties: Properties {
+            correlation_id: text(p.correlation_id()),
+            reply_to: text(p.reply_to()),
+            delivery_mode: p.delivery_mode().unwrap_or(2),
+            priority: p.priority().unwrap_or(0),
+            delivery_info: DeliveryInfo {
+                exchange: exchange.as_str().to_owned(),
+                routing_key: routing_key.as_str().to_owned(),
+            },
+        },
+    }
+}
+
+/// The AMQP properties for publishing a [`Message`].
+pub(super) fn properties_of(message: &Message) -> BasicProperties {
+    let mut properties = BasicProperties::default()
+        .with_content_type(message.content_type.as_str().into())
+        .with_content_encoding(message.content_encoding.as_str().into())
+        .with_headers(json_to_table(&message.headers))
+        .with_delivery_mode(message.properties.delivery_mode)
+        .with_priority(message.properties.priority);
+    if let Some(id) = &message.properties.correlation_id {
+        properties = properties.with_correlation_id(id.as_str().into());
+    }
+    if let Some(reply_to) = &message.properties.reply_to {
+        properties = properties.with_reply_to(reply_to.as_str().into());
+    }
+    properties
 }
 
 /// AMQP header table → JSON (Celery's headers are JSON-shaped).

@@ -7,7 +7,10 @@
 
 pub mod amqp;
 mod amqp_acks;
+mod amqp_control;
+pub mod control;
 pub mod redis;
+mod redis_control;
 pub mod sqlite;
 pub mod sqs;
 pub mod virtual_transport;
@@ -71,6 +74,15 @@ pub trait Broker: Send + Sync {
     /// messages where the broker pushes them (AMQP). Pull brokers only declare.
     async fn consume(&self, queues: &[String], _prefetch: usize) -> Result<(), BrokerError> {
         self.declare(queues).await
+    }
+    /// Start consuming one more queue (remote control `add_consumer`).
+    async fn add_queue(&self, queue: &str) -> Result<(), BrokerError> {
+        self.declare(&[queue.to_owned()]).await
+    }
+    /// Stop consuming a queue (`cancel_consumer`); messages taken from it still run. Pull
+    /// brokers need nothing: the worker stops naming the queue when it receives.
+    async fn cancel_queue(&self, _queue: &str) -> Result<(), BrokerError> {
+        Ok(())
     }
     /// Wait up to `wait` for messages from `queues`, returning at most `max` (possibly none).
     /// Taken messages stay reserved for this worker until acked or rejected.

@@ -24,11 +24,12 @@ use serde_json::Value;
 use super::virtual_transport::{Store, StoreTag, Taken};
 use super::BrokerError;
 use crate::config::redact;
+use crate::protocol::time::unix_now;
 
 /// kombu's separator between a queue name and its priority step.
 pub const SEP: &str = "\x06\x16";
 /// kombu's default `priority_steps`.
-const PRIORITY_STEPS: [u8; 4] = [0, 3, 6, 9];
+pub(super) const PRIORITY_STEPS: [u8; 4] = [0, 3, 6, 9];
 /// kombu's `unacked_mutex_expire`.
 const MUTEX_EXPIRE_MS: u64 = 300_000;
 /// Messages restored per sweep, as kombu's `unacked_restore_limit`-less default batch.
@@ -116,11 +117,11 @@ pub struct RedisStore {
     release_lock: Script,
 }
 
-fn connection_error(url: &str, err: redis::RedisError) -> BrokerError {
+pub(super) fn connection_error(url: &str, err: redis::RedisError) -> BrokerError {
     BrokerError::Connection(format!("cannot connect to Redis at {}: {err}", redact(url)))
 }
 
-fn op(err: redis::RedisError) -> BrokerError {
+pub(super) fn op(err: redis::RedisError) -> BrokerError {
     BrokerError::Operation(format!("redis: {err}"))
 }
 
@@ -214,7 +215,7 @@ impl RedisStore {
         let entry = format!("[{payload}, {}, {}]", Value::from(exchange), Value::from(routing_key));
         redis::pipe()
             .atomic()
-            .zadd(&self.unacked_index, &tag, now())
+            .zadd(&self.unacked_index, &tag, unix_now())
             .hset(&self.unacked, &tag, entry)
             .exec_async(&mut self.commands.clone())
             .await
@@ -261,27 +262,21 @@ impl RedisStore {
         };
         Ok(queue.filter(|q| !q.is_empty()).map(|q| (q, envelope)))
     }
+}
 
-    /// The fanout channel kombu uses: `/<db>.<exchange>` plus `/<routing_key>` if any.
-    pub fn fanout_channel(&self, exchange: &str, routing_key: &str) -> String {
-        if routing_key.is_empty() {
-            format!("{}/{}.{exchange}", self.prefix, self.db)
-        } else {
-            format!("{}/{}.{exchange}/{routing_key}", self.prefix, self.db)
-        }
+/// The fanout channel kombu uses: `/<db>.<exchange>` plus `/<routing_key>` if any, after
+/// the global key prefix.
+pub fn fanout_channel(prefix: &str, db: i64, exchange: &str, routing_key: &str) -> String {
+    if routing_key.is_empty() {
+        format!("{prefix}/{db}.{exchange}")
+    } else {
+        format!("{prefix}/{db}.{exchange}/{routing_key}")
     }
 }
 
 /// A tag for a message that is not a kombu envelope: nothing is recorded under it.
 fn untracked_tag() -> StoreTag {
     format!("untracked-{}", uuid::Uuid::new_v4())
-}
-
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 #[async_trait]
@@ -317,7 +312,7 @@ impl Store for RedisStore {
         invocation
             .key(&self.unacked_index)
             .arg(max)
-            .arg(now())
+            .arg(unix_now())
             .arg(self.max_inspect)
             .arg(queues.len().max(1));
         for (key, queue) in &lists {
@@ -392,7 +387,7 @@ impl Store for RedisStore {
     }
 
     async fn renew(&self, tags: &[StoreTag]) -> Result<(), BrokerError> {
-        let score = now();
+        let score = unix_now();
         let mut cmd = redis::cmd("ZADD");
         cmd.arg(&self.unacked_index).arg("XX");
         for tag in tags {
@@ -416,7 +411,7 @@ impl Store for RedisStore {
         if locked.is_none() {
             return Ok(0); // another worker is sweeping
         }
-        let cutoff = now() - timeout.as_secs_f64();
+        let cutoff = unix_now() - timeout.as_secs_f64();
         let result = async {
             let expired: Vec<String> = conn
                 .zrangebyscore_limit(&self.unacked_index, "-inf", cutoff, 0, RESTORE_BATCH)
@@ -458,7 +453,7 @@ impl Store for RedisStore {
         let _: i64 = self
             .commands
             .clone()
-            .publish(self.fanout_channel(exchange, routing_key), payload)
+            .publish(fanout_channel(&self.prefix, self.db, exchange, routing_key), payload)
             .await
             .map_err(op)?;
         Ok(())

@@ -3,6 +3,7 @@
 //! flags beat the environment, which beats the file.
 
 mod call;
+mod control;
 mod logging;
 mod plugins;
 mod purge;
@@ -68,10 +69,17 @@ pub enum Command {
     Plugins(plugins::PluginsArgs),
     /// Drop the messages waiting in queues.
     Purge(purge::PurgeArgs),
+    /// Ask workers (Celeriac or Celery) about their state: ping, stats, active, registered, …
+    Inspect(control::ControlArgs),
+    /// Tell workers to act: shutdown, revoke, rate_limit, time_limit, add_consumer, …
+    Control(control::ControlArgs),
 }
 
 /// Broker, backend and options, resolved from flags, environment and file.
 pub struct Connection {
+    /// The URLs as given (they may hold passwords: show them through `redact`).
+    pub broker_url: String,
+    pub backend_url: String,
     pub broker: BrokerUrl,
     pub backend: BackendUrl,
     pub transport_options: HashMap<String, String>,
@@ -103,6 +111,8 @@ impl CommonArgs {
         Ok(Connection {
             broker: BrokerUrl::parse(&broker)?,
             backend: BackendUrl::parse(&backend)?,
+            broker_url: broker,
+            backend_url: backend,
             transport_options,
             result_expires: self
                 .result_expires
@@ -141,6 +151,7 @@ fn run_inner(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Result(args) => result::run(&cli.common, &file, args).await,
             Command::Plugins(args) => plugins::run(&file, args).await,
             Command::Purge(args) => purge::run(&cli.common, &file, args).await,
+            Command::Inspect(args) | Command::Control(args) => control::run(&cli.common, &file, args).await,
         }
     })
 }

@@ -46,6 +46,10 @@ pub struct WorkerArgs {
     /// Store name, args, kwargs, worker, retries and queue with results (Celery's result_extended).
     #[arg(long, env = "CELERIAC_RESULT_EXTENDED")]
     pub result_extended: bool,
+    /// Send task events for monitors (`celery events`, Flower), as Celery's `-E`.
+    /// Worker events (online, heartbeat, offline) are always sent.
+    #[arg(short = 'E', long = "task-events", env = "CELERIAC_TASK_EVENTS")]
+    pub task_events: bool,
     /// Address of the status port (/healthz, /readyz, /metrics), or `off`
     /// (default 127.0.0.1:8793; port 0 picks a free one).
     #[arg(long, env = "CELERIAC_HTTP")]
@@ -83,6 +87,9 @@ pub async fn run(common: &CommonArgs, file: &FileConfig, args: WorkerArgs) -> an
             .or(file.prefetch_multiplier)
             .unwrap_or(DEFAULT_PREFETCH_MULTIPLIER),
         result_extended: args.result_extended || file.result_extended.unwrap_or(false),
+        task_events: args.task_events || file.task_events.unwrap_or(false),
+        broker_url: connection.broker_url.clone(),
+        backend_url: connection.backend_url.clone(),
     };
 
     let runtime = Arc::new(Runtime::new(concurrency, default_cache_dir())?);
@@ -95,6 +102,9 @@ pub async fn run(common: &CommonArgs, file: &FileConfig, args: WorkerArgs) -> an
     let broker = broker::open(&connection.broker, &connection.transport_options)
         .await
         .context("cannot open the broker")?;
+    let control = broker::control::open(&connection.broker, &connection.transport_options)
+        .await
+        .context("cannot open the broker's remote control")?;
     let backend = backend::open(&connection.backend, connection.result_expires, &connection.broker)
         .await
         .context("cannot open the result backend")?;
@@ -111,30 +121,36 @@ pub async fn run(common: &CommonArgs, file: &FileConfig, args: WorkerArgs) -> an
         // A second worker on the same machine finds the port taken: it runs without one.
         match crate::http::serve(addr, status.clone()).await {
             Ok(bound) => {
-                tracing::info!(address = %bound, "status port on http://{bound} (/healthz, /readyz, /metrics)")
+                tracing::info!(address = %bound, "status port on http://{bound} (/healthz, /readyz, /metrics, /events, /inspect/COMMAND)")
             }
             Err(err) => tracing::warn!(address = %addr, error = %err, "status port unavailable; running without it"),
         }
     }
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(handle_signals(stop_tx));
-    Worker::new(config, broker, backend, runtime, status)
-        .run(stop_rx)
-        .await?;
+    let stop = Arc::new(watch::channel(false).0);
+    tokio::spawn(handle_signals(stop.clone()));
+    let worker = Worker {
+        config,
+        broker,
+        backend,
+        control,
+        runtime,
+        status,
+    };
+    worker.run(stop).await?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// First SIGTERM / SIGINT: warm shutdown. Second: stop at once; late-acked messages
 /// are redelivered by the broker.
-async fn handle_signals(stop: watch::Sender<bool>) {
+async fn handle_signals(stop: Arc<watch::Sender<bool>>) {
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot install signal handlers; stop the worker with SIGKILL");
         return;
     };
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
     tracing::info!("shutdown requested (again to stop at once)");
-    let _ = stop.send(true);
+    stop.send_replace(true);
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
     tracing::warn!("cold shutdown: stopping now; unacknowledged messages will be delivered again");
     std::process::exit(1);

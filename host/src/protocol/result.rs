@@ -120,6 +120,9 @@ pub struct Extended {
     pub worker: String,
     pub retries: u32,
     pub queue: String,
+    /// What running the task used (`{"runtime", "cpu_time", "peak_memory"}`), beyond
+    /// Celery's fields; stored as `usage` where the meta is a free-form dict.
+    pub usage: Option<Value>,
 }
 
 /// One stored task state: what every result backend writes and reads.
@@ -198,6 +201,9 @@ impl TaskResult {
             meta.insert("worker".into(), ext.worker.clone().into());
             meta.insert("retries".into(), ext.retries.into());
             meta.insert("queue".into(), ext.queue.clone().into());
+            if let Some(usage) = &ext.usage {
+                meta.insert("usage".into(), usage.clone());
+            }
         }
         meta.insert("task_id".into(), self.task_id.clone().into());
         Value::Object(meta)

@@ -37,6 +37,28 @@ pub struct Invocation {
     pub progress: Option<ProgressSink>,
 }
 
+/// What a task used, for events, metrics and extended results.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    /// Wall-clock time from instantiation to return.
+    pub wall: Duration,
+    /// CPU time of the executor thread meanwhile: the guest's own work plus the host
+    /// calls it made. (Counting Wasm instructions, with fuel, would slow every task.)
+    pub cpu: Duration,
+    /// The most linear memory the instance held at once, over all its memories.
+    pub peak_memory: usize,
+}
+
+/// CPU time consumed by the calling thread so far.
+fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime only writes the timespec we pass.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
 /// What came of it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -127,6 +149,23 @@ impl Runtime {
 
     /// Run one task on the calling thread and classify the result.
     pub fn execute(&self, plugin: &PluginVersion, invocation: Invocation) -> Outcome {
+        self.execute_measured(plugin, invocation).0
+    }
+
+    /// [`Runtime::execute`], and what the task used.
+    pub fn execute_measured(&self, plugin: &PluginVersion, invocation: Invocation) -> (Outcome, Usage) {
+        let (started, cpu_before) = (std::time::Instant::now(), thread_cpu_time());
+        let (outcome, peak_memory) = self.run_guest(plugin, invocation);
+        let usage = Usage {
+            wall: started.elapsed(),
+            cpu: thread_cpu_time().saturating_sub(cpu_before),
+            peak_memory,
+        };
+        (outcome, usage)
+    }
+
+    /// The call itself; returns the outcome and the instance's peak memory.
+    fn run_guest(&self, plugin: &PluginVersion, invocation: Invocation) -> (Outcome, usize) {
         let (manifest_hard, manifest_soft) = plugin.manifest.time_limits();
         let hard = invocation.time_limit.or(manifest_hard);
         let soft = invocation.soft_time_limit.or(manifest_soft);
@@ -140,7 +179,10 @@ impl Runtime {
             invocation.progress.clone(),
         ) {
             Ok(parts) => parts,
-            Err(err) => return Outcome::failure("PluginError", "celeriac.exceptions", err.to_string(), None),
+            Err(err) => {
+                let outcome = Outcome::failure("PluginError", "celeriac.exceptions", err.to_string(), None);
+                return (outcome, 0);
+            }
         };
         let result = plugin.pre.instantiate(&mut store).and_then(|instance| {
             instance
@@ -156,11 +198,12 @@ impl Runtime {
             tracing::warn!(task_id = %ctx.id, task = %ctx.name, plugin = %plugin.name,
                 soft_limit = ?soft, "task ran past its soft time limit");
         }
-        match result {
+        let outcome = match result {
             Ok(Ok(json)) => Outcome::Success(json),
             Ok(Err(error)) => from_task_error(error),
             Err(err) => classify_trap(err, &store, &deadline, hard, &stderr.contents()),
-        }
+        };
+        (outcome, store.data().limiter.peak_bytes())
     }
 }
 

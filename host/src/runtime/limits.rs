@@ -13,6 +13,8 @@ use wasmtime::UpdateDeadline;
 pub struct MemoryLimiter {
     cap: usize,
     used: usize,
+    /// The most the instance held at once.
+    peak: usize,
     pub hit: bool,
 }
 
@@ -21,12 +23,17 @@ impl MemoryLimiter {
         MemoryLimiter {
             cap: cap_bytes,
             used: 0,
+            peak: 0,
             hit: false,
         }
     }
 
     pub fn cap_bytes(&self) -> usize {
         self.cap
+    }
+
+    pub fn peak_bytes(&self) -> usize {
+        self.peak
     }
 }
 
@@ -38,6 +45,7 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
             return Ok(false);
         }
         self.used = next;
+        self.peak = self.peak.max(next);
         Ok(true)
     }
 

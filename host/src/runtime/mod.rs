@@ -24,7 +24,7 @@ use wasmtime::component::Linker;
 use wasmtime::Engine;
 
 pub use bindings::TaskContext;
-pub use execute::{Invocation, Outcome};
+pub use execute::{Invocation, Outcome, Usage};
 pub use plugin::PluginVersion;
 pub use registry::Registry;
 pub use state::ProgressSink;

@@ -17,6 +17,7 @@
 //! [`LOOKAHEAD_WAIT`] is handed back.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,7 +41,9 @@ pub struct Gate {
     reserved: Arc<Semaphore>,
     /// One per executor plus one standby each.
     slots: Arc<Semaphore>,
-    concurrency: usize,
+    concurrency: AtomicUsize,
+    /// Reservations in all (`reserved` hands out at most this many).
+    capacity: AtomicUsize,
     /// Start time of each running task, by delivery tag.
     running: Mutex<HashMap<u64, Instant>>,
 }
@@ -50,7 +53,8 @@ impl Gate {
         Gate {
             reserved: Arc::new(Semaphore::new(prefetch)),
             slots: Arc::new(Semaphore::new(concurrency * 2)),
-            concurrency,
+            concurrency: AtomicUsize::new(concurrency),
+            capacity: AtomicUsize::new(prefetch),
             running: Mutex::new(HashMap::new()),
         }
     }
@@ -72,7 +76,7 @@ impl Gate {
         if self.lookahead_allowed() {
             free
         } else {
-            free.saturating_sub(self.concurrency)
+            free.saturating_sub(self.concurrency())
         }
     }
 
@@ -87,7 +91,7 @@ impl Gate {
     async fn idle_slot(&self) -> Option<OwnedSemaphorePermit> {
         loop {
             let slot = self.slots.clone().acquire_owned().await.ok()?;
-            if self.slots.available_permits() >= self.concurrency || self.lookahead_allowed() {
+            if self.slots.available_permits() >= self.concurrency() || self.lookahead_allowed() {
                 return Some(slot);
             }
             drop(slot);
@@ -139,8 +143,38 @@ impl Gate {
         self.running().remove(&tag);
     }
 
+    pub fn concurrency(&self) -> usize {
+        self.concurrency.load(Ordering::Relaxed)
+    }
+
+    /// `n` more slots, each with `per_slot` more reservations (`pool_grow`).
+    pub fn grow(&self, n: usize, per_slot: usize) {
+        self.concurrency.fetch_add(n, Ordering::Relaxed);
+        self.capacity.fetch_add(n * per_slot, Ordering::Relaxed);
+        self.slots.add_permits(2 * n);
+        self.reserved.add_permits(n * per_slot);
+    }
+
+    /// `n` fewer slots, keeping at least one (`pool_shrink`); returns how many go. Slots
+    /// and reservations in use are taken out of service as they come free.
+    pub fn shrink(&self, n: usize, per_slot: usize) -> usize {
+        let n = n.min(self.concurrency().saturating_sub(1));
+        self.concurrency.fetch_sub(n, Ordering::Relaxed);
+        self.capacity.fetch_sub(n * per_slot, Ordering::Relaxed);
+        for (semaphore, count) in [(&self.slots, 2 * n), (&self.reserved, n * per_slot)] {
+            let semaphore = semaphore.clone();
+            tokio::spawn(async move {
+                if let Ok(permits) = semaphore.acquire_many_owned(count as u32).await {
+                    permits.forget();
+                }
+            });
+        }
+        n
+    }
+
     /// Wait until every admitted message has left (warm shutdown).
-    pub async fn drain(&self, prefetch: usize) {
-        let _all = self.reserved.acquire_many(prefetch as u32).await;
+    pub async fn drain(&self) {
+        let capacity = self.capacity.load(Ordering::Relaxed);
+        let _all = self.reserved.acquire_many(capacity as u32).await;
     }
 }

@@ -8,19 +8,19 @@
 //! withdraws it and can return its message to the broker for an idle worker.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
 use crate::protocol::ExceptionInfo;
-use crate::runtime::{Invocation, Outcome, PluginVersion, Runtime};
+use crate::runtime::{Invocation, Outcome, PluginVersion, Runtime, Usage};
 
-/// What came of a task, and how long it ran.
+/// What came of a task, and what it used.
 pub struct Ran {
     pub outcome: Outcome,
-    pub runtime: Duration,
+    pub usage: Usage,
 }
 
 struct Job {
@@ -33,36 +33,64 @@ struct Job {
 
 pub struct ExecutorPool {
     jobs: crossbeam_channel::Sender<Job>,
+    queue: crossbeam_channel::Receiver<Job>,
+    runtime: Arc<Runtime>,
+    threads: AtomicUsize,
+    /// Threads asked to stop (`pool_shrink`); each leaves before its next job.
+    retiring: Arc<AtomicUsize>,
 }
 
 impl ExecutorPool {
     /// Start `slots` threads running tasks on `runtime`.
     pub fn start(runtime: Arc<Runtime>, slots: usize) -> std::io::Result<ExecutorPool> {
         let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
-        for index in 0..slots {
-            let queue = queue.clone();
-            let runtime = runtime.clone();
+        let pool = ExecutorPool {
+            jobs,
+            queue,
+            runtime,
+            threads: AtomicUsize::new(0),
+            retiring: Arc::new(AtomicUsize::new(0)),
+        };
+        pool.grow(slots)?;
+        Ok(pool)
+    }
+
+    /// Start `n` more threads.
+    pub fn grow(&self, n: usize) -> std::io::Result<()> {
+        for _ in 0..n {
+            let index = self.threads.fetch_add(1, Ordering::Relaxed);
+            let (queue, jobs) = (self.queue.clone(), self.jobs.clone());
+            let (runtime, retiring) = (self.runtime.clone(), self.retiring.clone());
             std::thread::Builder::new()
                 .name(format!("celeriac-exec-{index}"))
                 .spawn(move || {
                     for job in queue.iter() {
+                        let retire = retiring
+                            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                            .is_ok();
+                        if retire {
+                            // Another thread runs it; this one leaves.
+                            let _ = jobs.send(job);
+                            return;
+                        }
                         if job.claimed.swap(true, Ordering::AcqRel) {
                             continue; // withdrawn
                         }
-                        let started = Instant::now();
-                        let outcome =
-                            std::panic::catch_unwind(AssertUnwindSafe(|| runtime.execute(&job.plugin, job.invocation)))
-                                .unwrap_or_else(|panic| host_bug(panic.as_ref()));
-                        let ran = Ran {
-                            outcome,
-                            runtime: started.elapsed(),
-                        };
+                        let run = || runtime.execute_measured(&job.plugin, job.invocation);
+                        let (outcome, usage) = std::panic::catch_unwind(AssertUnwindSafe(run))
+                            .unwrap_or_else(|panic| (host_bug(panic.as_ref()), Usage::default()));
+                        let ran = Ran { outcome, usage };
                         // The waiting side may have gone away (hard shutdown); nothing to do.
                         let _ = job.reply.send(ran);
                     }
                 })?;
         }
-        Ok(ExecutorPool { jobs })
+        Ok(())
+    }
+
+    /// Stop `n` threads, each after the task it is running.
+    pub fn shrink(&self, n: usize) {
+        self.retiring.fetch_add(n, Ordering::AcqRel);
     }
 
     /// Run one task on the next free executor thread; `None` if no thread took it up by
@@ -108,6 +136,6 @@ fn host_failure(message: &str) -> Ran {
             exc: ExceptionInfo::new("WorkerError", "celeriac.exceptions", message),
             traceback: None,
         },
-        runtime: Duration::ZERO,
+        usage: Usage::default(),
     }
 }

@@ -10,18 +10,26 @@
 
 mod admission;
 mod canvas;
+mod clock;
+mod control;
+mod events;
 mod executor;
+mod overrides;
 mod rate_limit;
 mod report;
+mod revoked;
 mod task;
+mod tracker;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use serde_json::{Map, Value};
+use tokio::sync::{broadcast, watch};
 
 use crate::backend::{BackendError, ResultBackend};
 use crate::batch::Batcher;
+use crate::broker::control::ControlBus;
 use crate::broker::{Broker, BrokerError};
 use crate::http::Status;
 use crate::protocol::TaskResult;
@@ -49,6 +57,11 @@ pub struct WorkerConfig {
     pub prefetch_multiplier: usize,
     /// Store name, args, kwargs, worker, retries and queue with each result.
     pub result_extended: bool,
+    /// Send task events to the broker from the start (`-E`).
+    pub task_events: bool,
+    /// For `inspect stats`, `conf` and `report` (shown without passwords).
+    pub broker_url: String,
+    pub backend_url: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,39 +89,105 @@ struct Shared {
     status: Arc<Status>,
     /// Flips to true when a warm shutdown starts.
     stopping: watch::Receiver<bool>,
+    /// Starts a warm shutdown (remote control `shutdown`).
+    stop: Arc<watch::Sender<bool>>,
+    started: Instant,
+    /// Queues consumed now (`add_consumer` / `cancel_consumer` change them).
+    queues: RwLock<Vec<String>>,
+    clock: Arc<clock::LamportClock>,
+    events: Arc<events::Events>,
+    tracker: tracker::Tracker,
+    revoked: revoked::Revoked,
+    overrides: overrides::Overrides,
 }
 
-pub struct Worker {
-    config: WorkerConfig,
-    broker: Arc<dyn Broker>,
-    backend: Arc<dyn ResultBackend>,
-    runtime: Arc<Runtime>,
-    status: Arc<Status>,
-}
+impl Shared {
+    fn queues(&self) -> Vec<String> {
+        self.queues.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 
-impl Worker {
-    pub fn new(
-        config: WorkerConfig,
-        broker: Arc<dyn Broker>,
-        backend: Arc<dyn ResultBackend>,
-        runtime: Arc<Runtime>,
-        status: Arc<Status>,
-    ) -> Worker {
-        Worker {
-            config,
-            broker,
-            backend,
-            runtime,
-            status,
+    fn concurrency(&self) -> usize {
+        self.gate.concurrency()
+    }
+
+    /// `pool_grow`: more slots and executor threads.
+    fn grow(&self, n: usize) {
+        match self.executors.grow(n) {
+            Ok(()) => self.gate.grow(n, self.config.prefetch_multiplier.max(1)),
+            Err(err) => tracing::error!(error = %err, "cannot start more executor threads"),
         }
     }
 
-    /// Consume until `stop` flips to true, then shut down warmly.
-    pub async fn run(self, stop: watch::Receiver<bool>) -> Result<(), WorkerError> {
+    /// `pool_shrink`: fewer slots and executor threads, never fewer than one.
+    fn shrink(&self, n: usize) {
+        let n = self.gate.shrink(n, self.config.prefetch_multiplier.max(1));
+        self.executors.shrink(n);
+    }
+
+    /// `add_consumer`: false if the queue is consumed already.
+    async fn add_queue(&self, queue: &str) -> Result<bool, BrokerError> {
+        if self.queues().iter().any(|q| q == queue) {
+            return Ok(false);
+        }
+        self.broker.add_queue(queue).await?;
+        self.queues
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(queue.to_owned());
+        tracing::info!(queue, "started consuming from {queue}");
+        Ok(true)
+    }
+
+    /// `cancel_consumer`.
+    async fn cancel_queue(&self, queue: &str) -> Result<(), BrokerError> {
+        self.queues
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|q| q != queue);
+        self.broker.cancel_queue(queue).await?;
+        tracing::info!(queue, "stopped consuming from {queue}");
+        Ok(())
+    }
+}
+
+/// Remote control for the status port: the same commands as over the broker.
+#[derive(Clone)]
+pub struct Inspector(Arc<Shared>);
+
+impl Inspector {
+    pub async fn call(&self, method: &str, arguments: &Map<String, Value>) -> Option<Value> {
+        control::dispatch(&self.0, method, arguments).await
+    }
+
+    pub fn hostname(&self) -> &str {
+        &self.0.config.hostname
+    }
+
+    /// Every event from now on, as JSON text.
+    pub fn events(&self) -> broadcast::Receiver<Arc<str>> {
+        self.0.events.subscribe()
+    }
+}
+
+pub struct Worker {
+    pub config: WorkerConfig,
+    pub broker: Arc<dyn Broker>,
+    pub backend: Arc<dyn ResultBackend>,
+    /// Remote control and broker events; `None` on brokers that cannot fan out.
+    pub control: Option<Arc<dyn ControlBus>>,
+    pub runtime: Arc<Runtime>,
+    pub status: Arc<Status>,
+}
+
+impl Worker {
+    /// Consume until `stop` is set (by a signal or remote control), then shut down warmly.
+    pub async fn run(self, stop: Arc<watch::Sender<bool>>) -> Result<(), WorkerError> {
+        let stopping = stop.subscribe();
         let concurrency = self.config.concurrency.max(1);
         let prefetch = concurrency * self.config.prefetch_multiplier.max(1);
         self.broker.consume(&self.config.queues, prefetch).await?;
         let executors = ExecutorPool::start(self.runtime.clone(), concurrency).map_err(WorkerError::Executors)?;
+        let clock = Arc::new(clock::LamportClock::default());
         let shared = Arc::new(Shared {
             config: self.config.clone(),
             broker: self.broker.clone(),
@@ -125,8 +204,26 @@ impl Worker {
             gate: admission::Gate::new(concurrency, prefetch),
             rate_limits: rate_limit::RateLimits::default(),
             status: self.status.clone(),
-            stopping: stop.clone(),
+            stopping: stopping.clone(),
+            stop,
+            started: Instant::now(),
+            queues: RwLock::new(self.config.queues.clone()),
+            events: events::Events::start(
+                self.control.clone(),
+                &self.config.hostname,
+                clock.clone(),
+                self.config.task_events,
+            ),
+            clock,
+            tracker: tracker::Tracker::default(),
+            revoked: revoked::Revoked::default(),
+            overrides: overrides::Overrides::default(),
         });
+        let _ = self.status.inspector.set(Inspector(shared.clone()));
+        if let Some(bus) = &self.control {
+            tokio::spawn(control::serve(shared.clone(), bus.clone()));
+        }
+        tokio::spawn(events::keep_beating(shared.clone()));
         tracing::info!(
             hostname = %self.config.hostname,
             queues = ?self.config.queues,
@@ -137,9 +234,9 @@ impl Worker {
         );
 
         self.status.ready.store(true, std::sync::atomic::Ordering::Relaxed);
-        let mut stop_signal = stop.clone();
+        let mut stop_signal = stopping.clone();
         let mut backoff = Duration::from_millis(100);
-        while !*stop.borrow() {
+        while !*stopping.borrow() {
             let first = tokio::select! {
                 admission = shared.gate.admit() => match admission {
                     Some(admission) => admission,
@@ -148,7 +245,7 @@ impl Worker {
                 _ = stop_signal.changed() => break,
             };
             let room = shared.gate.room();
-            let deliveries = match self.broker.receive(&self.config.queues, room, RECEIVE_WAIT).await {
+            let deliveries = match self.broker.receive(&shared.queues(), room, RECEIVE_WAIT).await {
                 Ok(deliveries) => {
                     backoff = Duration::from_millis(100);
                     deliveries
@@ -178,7 +275,8 @@ impl Worker {
         self.status.ready.store(false, std::sync::atomic::Ordering::Relaxed);
         tracing::info!("warm shutdown: no new tasks; waiting for running tasks to finish");
         // Every handler holds a reservation until it has acked or handed its message back.
-        shared.gate.drain(prefetch).await;
+        shared.gate.drain().await;
+        events::heartbeat(&shared, "worker-offline", events::HEARTBEAT_EVERY.as_secs_f64()).await;
         self.broker.close().await?;
         tracing::info!("worker stopped");
         Ok(())

@@ -7,13 +7,14 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::canvas::{self, CanvasError, FollowUp};
+use super::events;
 use super::Shared;
 use crate::broker::Delivery;
 use crate::protocol::result::{Extended, ReplyTo};
 use crate::protocol::time::from_now;
 use crate::protocol::{ExceptionInfo, State, TaskRequest, TaskResult};
 use crate::runtime::manifest::TaskOptions;
-use crate::runtime::{Outcome, ProgressSink};
+use crate::runtime::{Outcome, ProgressSink, Usage};
 
 /// Celery's `default_retry_delay`.
 const DEFAULT_RETRY_DELAY: f64 = 180.0;
@@ -54,6 +55,7 @@ pub(super) fn annotate(shared: &Shared, request: &TaskRequest, result: &mut Task
             worker: shared.config.hostname.clone(),
             retries: request.retries,
             queue: request.queue().to_owned(),
+            usage: None,
         });
     }
 }
@@ -68,7 +70,7 @@ pub(super) async fn store_then_settle(
     result: TaskResult,
     after: Settle,
 ) {
-    store_publish_then_settle(shared, delivery, request, result, Vec::new(), after).await;
+    store_publish_then_settle(shared, delivery, request, result, Vec::new(), after, Usage::default()).await;
 }
 
 /// Store `result`, publish what the task sets off (chain, callbacks), then settle. A
@@ -81,8 +83,10 @@ async fn store_publish_then_settle(
     result: TaskResult,
     follow_ups: Vec<Result<FollowUp, CanvasError>>,
     after: Settle,
+    usage: Usage,
 ) {
     shared.status.metrics.finished(&request.name, result.state.as_str());
+    events::task_outcome(&shared.events, &result, usage);
     let done = store(shared, request, result).await && publish(shared, request, follow_ups).await;
     let after = if done { after } else { Settle::Reject { requeue: true } };
     settle(shared, delivery, after).await;
@@ -143,10 +147,10 @@ pub(super) async fn outcome(
     request: &TaskRequest,
     options: Option<&TaskOptions>,
     outcome: Outcome,
-    runtime: Duration,
+    usage: Usage,
 ) {
     let (id, name) = (request.id.as_str(), request.name.as_str());
-    let secs = runtime.as_secs_f64();
+    let secs = usage.wall.as_secs_f64();
     let (mut result, after) = match outcome {
         Outcome::Success(json) => match serde_json::from_str::<Value>(&json) {
             Ok(value) => {
@@ -188,6 +192,11 @@ pub(super) async fn outcome(
         Outcome::Reject { requeue } => {
             tracing::warn!(task_id = %id, task = %name, requeue, "Task {name}[{id}] rejected by the task");
             shared.status.metrics.finished(name, "REJECTED");
+            shared.events.task("task-rejected", id, || {
+                let mut fields = serde_json::Map::new();
+                fields.insert("requeue".into(), Value::Bool(requeue));
+                fields
+            });
             settle(shared, delivery, Settle::Reject { requeue }).await;
             return;
         }
@@ -203,7 +212,14 @@ pub(super) async fn outcome(
         State::Failure => canvas::after_failure(request),
         _ => Vec::new(),
     };
-    store_publish_then_settle(shared, delivery, request, result, follow_ups, after).await;
+    if let Some(extended) = result.extended.as_mut() {
+        extended.usage = Some(serde_json::json!({
+            "runtime": usage.wall.as_secs_f64(),
+            "cpu_time": usage.cpu.as_secs_f64(),
+            "peak_memory": usage.peak_memory,
+        }));
+    }
+    store_publish_then_settle(shared, delivery, request, result, follow_ups, after, usage).await;
 }
 
 /// A number in [0, 1) for retry jitter (a random UUID is random enough for spacing retries).

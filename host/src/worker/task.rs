@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use serde_json::Map;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::Shared;
-use super::{admission, report};
+use super::{admission, events, report};
 use crate::broker::Delivery;
 use crate::protocol::{ExceptionInfo, State, TaskRequest, TaskResult};
 use crate::runtime::Invocation;
@@ -29,15 +30,19 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
             return;
         }
     };
+    let tracked = shared.tracker.hold(&delivery, &request);
     let (id, name) = (request.id.as_str(), request.name.as_str());
     tracing::info!(task_id = %id, task = %name, "Task {name}[{id}] received");
+    shared
+        .events
+        .task("task-received", id, || events::received_fields(&request));
     if request.embed.chord.is_some() {
         // Said loudly rather than dropped silently until chord support lands.
         tracing::warn!(task_id = %id, task = %name,
             "Task {name}[{id}] is part of a chord, whose body this version does not run yet");
     }
 
-    if discard_if_expired(shared, &delivery, &request).await {
+    if discard_if_revoked(shared, &delivery, &request).await || discard_if_expired(shared, &delivery, &request).await {
         return;
     }
 
@@ -63,10 +68,12 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
         if !wait.is_zero() {
             // Waiting for the ETA does not occupy a slot.
             slot = None;
-        }
-        if !wait.is_zero() && !wait_or_stop(shared, wait).await {
-            report::settle(shared, &delivery, report::Settle::Reject { requeue: true }).await;
-            return;
+            tracked.scheduled(eta);
+            if !wait_or_stop(shared, wait).await {
+                report::settle(shared, &delivery, report::Settle::Reject { requeue: true }).await;
+                return;
+            }
+            tracked.reserved();
         }
         // Checked again once the ETA is reached, as Celery does before running a task.
         if discard_if_expired(shared, &delivery, &request).await {
@@ -74,7 +81,7 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
         }
     }
 
-    if let Some(rate) = plugin.manifest.rate_limit(name) {
+    if let Some(rate) = shared.overrides.rate_limit(name, plugin.manifest.rate_limit(name)) {
         let wait = shared.rate_limits.take_turn(name, rate);
         if !wait.is_zero() {
             // Waiting for its turn does not occupy a slot either.
@@ -106,10 +113,21 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
         },
     };
 
-    let invocation = Invocation {
+    // Revoked while it waited for its ETA, its turn or a slot.
+    if discard_if_revoked(shared, &delivery, &request).await {
+        return;
+    }
+    let mut invocation = Invocation {
         progress: Some(report::progress_sink(shared, &request)),
         ..Invocation::for_task(&request, &shared.config.hostname, &delivery.queue)
     };
+    if let Some((hard, soft)) = shared.overrides.time_limits(name) {
+        // Remote control replaces the manifest's limits; the message's own still win.
+        invocation.time_limit = invocation.time_limit.or(hard);
+        invocation.soft_time_limit = invocation.soft_time_limit.or(soft);
+    }
+    tracked.started(invocation.cancel.clone());
+    shared.events.task("task-started", id, Map::new);
     shared.gate.started(delivery.tag);
     shared.status.metrics.started();
     let ran = shared
@@ -120,7 +138,7 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
     shared
         .status
         .metrics
-        .left_executor(name, ran.as_ref().map(|r| r.runtime));
+        .left_executor(name, &plugin.name, ran.as_ref().map(|r| r.usage));
     // The slot is for running guests; storing the result and acking are I/O and must
     // not keep the next task from starting.
     drop(slot);
@@ -130,7 +148,21 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
         return;
     };
     let options = plugin.manifest.tasks.get(&request.name);
-    report::outcome(shared, &delivery, &request, options, ran.outcome, ran.runtime).await;
+    report::outcome(shared, &delivery, &request, options, ran.outcome, ran.usage).await;
+}
+
+/// A revoked task is not run: REVOKED is stored and the message acked, as Celery does.
+async fn discard_if_revoked(shared: &Shared, delivery: &Delivery, request: &TaskRequest) -> bool {
+    if !shared.revoked.contains(&request.id) {
+        return false;
+    }
+    let (id, name) = (request.id.as_str(), request.name.as_str());
+    tracing::info!(task_id = %id, task = %name, "Discarding revoked task: {name}[{id}]");
+    let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", "revoked");
+    let mut result = TaskResult::new(id, State::Revoked, exc.to_value());
+    report::annotate(shared, request, &mut result);
+    report::store_then_settle(shared, delivery, request, result, report::Settle::Ack).await;
+    true
 }
 
 /// A task past its `expires` is not run: REVOKED is stored and the message acked.
@@ -140,6 +172,7 @@ async fn discard_if_expired(shared: &Shared, delivery: &Delivery, request: &Task
     }
     let (id, name) = (request.id.as_str(), request.name.as_str());
     tracing::info!(task_id = %id, task = %name, "Task {name}[{id}] expired; not running it");
+    shared.revoked.add(id);
     let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", "expired");
     let mut result = TaskResult::new(id, State::Revoked, exc.to_value());
     report::annotate(shared, request, &mut result);
@@ -156,7 +189,7 @@ async fn wait_or_stop(shared: &Shared, wait: Duration) -> bool {
 }
 
 /// Resolves once a warm shutdown has started.
-async fn stopped(mut stopping: tokio::sync::watch::Receiver<bool>) {
+pub(super) async fn stopped(mut stopping: tokio::sync::watch::Receiver<bool>) {
     // An error means the sender is gone, which only happens when the worker is ending.
     let _ = stopping.wait_for(|stop| *stop).await;
 }
