@@ -58,3 +58,10 @@ if [ ! -f /usr/share/java/zookeeper.jar ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends zookeeper >/dev/null
 fi
+
+# Chromium, from Debian's package: the Flower test loads Flower's pages in it, headless.
+if ! command -v chromium >/dev/null; then
+  echo "installing Chromium (Debian package chromium)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi

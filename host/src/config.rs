@@ -151,6 +151,7 @@ pub struct FileConfig {
     pub prefetch_multiplier: Option<usize>,
     pub result_extended: Option<bool>,
     pub task_events: Option<bool>,
+    pub statedb: Option<PathBuf>,
     pub result_expires: Option<u64>,
     pub log_format: Option<String>,
     pub http: Option<String>,

@@ -1,5 +1,7 @@
-//! The worker's Prometheus metrics: tasks by name and final state, how long they ran, and
-//! how many run now. Served as OpenMetrics text on the HTTP port's `/metrics`.
+//! The worker's Prometheus metrics: tasks by name and final state, how long they waited
+//! and ran, the CPU and memory they used, how many run now, and broker trouble. Served as OpenMetrics text on the HTTP port's `/metrics`.
+
+use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -21,6 +23,8 @@ pub struct Metrics {
     runtime: Family<TaskName, Histogram>,
     cpu: Family<TaskName, Counter<f64>>,
     peak_memory: Family<PluginName, Histogram>,
+    waited: Family<TaskName, Histogram>,
+    broker_errors: Counter,
     running: Gauge,
 }
 
@@ -40,6 +44,18 @@ impl Default for Metrics {
         let finished = Family::<TaskState, Counter>::default();
         let runtime = Family::<TaskName, Histogram>::new_with_constructor(runtime_histogram as fn() -> Histogram);
         let running = Gauge::default();
+        let waited = Family::<TaskName, Histogram>::new_with_constructor(runtime_histogram as fn() -> Histogram);
+        let broker_errors = Counter::default();
+        registry.register(
+            "task_wait_seconds",
+            "Time from a task's arrival at the worker to its start (ETA, rate limit and slot waits)",
+            waited.clone(),
+        );
+        registry.register(
+            "broker_receive_errors",
+            "Failed attempts to receive from the broker (each is retried with backoff)",
+            broker_errors.clone(),
+        );
         let cpu = Family::<TaskName, Counter<f64>>::default();
         let peak_memory = Family::<PluginName, Histogram>::new_with_constructor(memory_histogram as fn() -> Histogram);
         registry.register(
@@ -69,14 +85,24 @@ impl Default for Metrics {
             runtime,
             cpu,
             peak_memory,
+            waited,
+            broker_errors,
             running,
         }
     }
 }
 
 impl Metrics {
-    pub fn started(&self) {
+    /// A task starts, `waited` after it arrived.
+    pub fn started(&self, task: &str, waited: Duration) {
         self.running.inc();
+        self.waited
+            .get_or_create(&vec![("task", task.to_owned())])
+            .observe(waited.as_secs_f64());
+    }
+
+    pub fn broker_error(&self) {
+        self.broker_errors.inc();
     }
 
     /// A task of `plugin` left its executor, having used `usage`, or (`None`) withdrawn
@@ -116,10 +142,10 @@ mod tests {
     #[test]
     fn counts_and_runtimes_are_encoded_by_task() {
         let metrics = Metrics::default();
-        metrics.started();
+        metrics.started("math.add", Duration::from_millis(3));
         let usage = Usage {
-            wall: std::time::Duration::from_micros(20),
-            cpu: std::time::Duration::from_micros(15),
+            wall: Duration::from_micros(20),
+            cpu: Duration::from_micros(15),
             peak_memory: 1 << 20,
         };
         metrics.left_executor("math.add", "math", Some(usage));
@@ -140,6 +166,10 @@ mod tests {
         );
         assert!(
             text.contains(r#"celeriac_task_cpu_seconds_total{task="math.add"}"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"celeriac_task_wait_seconds_count{task="math.add"} 1"#),
             "{text}"
         );
     }

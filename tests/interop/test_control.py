@@ -13,6 +13,7 @@ import uuid
 
 import amqp
 import pytest
+import redis
 from celery.exceptions import TaskRevokedError
 
 from conftest import REDIS_HOST, REDIS_PORT, celery_app, eventually
@@ -140,7 +141,7 @@ def test_an_events_receiver_sees_the_worker_and_its_tasks(broker, node, make_wor
     threading.Thread(target=listen, daemon=True).start()
     ready.wait(10)
     time.sleep(0.5)
-    make_worker(url, backend, "-Q", queue, "-n", node, "-E")
+    make_worker(url, backend, "-Q", queue, "-n", node, "-E", "--result-extended")
     ok = app.send_task("math.add", (2, 3), queue=queue)
     bad = app.send_task("math.div", (1, 0), queue=queue)
     assert ok.get(timeout=TIMEOUT) == 5
@@ -163,6 +164,10 @@ def test_an_events_receiver_sees_the_worker_and_its_tasks(broker, node, make_wor
     assert of("task-started", ok.id)
     succeeded = of("task-succeeded", ok.id)[0]
     assert succeeded["result"] == "5" and succeeded["runtime"] >= 0
+    # Beyond Celery: what the task used, in the event and in the extended result meta.
+    assert succeeded["cpu_time"] >= 0 and succeeded["peak_memory"] >= 65536
+    usage = json.loads(redis.Redis.from_url(backend).get(f"celery-task-meta-{ok.id}"))["usage"]
+    assert usage["peak_memory"] == succeeded["peak_memory"] and usage["runtime"] > 0
     assert of("task-failed", bad.id)[0]["exception"].startswith("ZeroDivisionError(")
 
     # The way Flower and `celery events` decide a worker is online.
@@ -214,3 +219,37 @@ def worker_name(worker):
     worker.wait_for_log("celeriac worker ready")
     line = next(l for l in worker.log().splitlines() if "celeriac worker ready" in l)
     return line.split("hostname=", 1)[1].split()[0]
+
+
+def test_revoked_ids_survive_a_restart_with_a_state_file(db, node, tmp_path, make_worker):
+    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+    state = tmp_path / "worker.state"
+    first = make_worker(url, url, "-n", node, "--statedb", str(state))
+    app = celery_app(url, url)
+    doomed = str(uuid.uuid4())
+    assert celery_cli(url, "control", "revoke", doomed, "-d", node) == {
+        node: {"ok": f"tasks {{'{doomed}'}} flagged as revoked"}}
+    first.stop()
+
+    make_worker(url, url, "-n", node, "--statedb", str(state))
+    with pytest.raises(TaskRevokedError):
+        app.send_task("math.add", (1, 2), task_id=doomed).get(timeout=TIMEOUT)
+    assert app.send_task("math.add", (1, 2)).get(timeout=TIMEOUT) == 3
+    app.close()
+
+
+def test_json_logs_name_the_task_and_its_plugin_on_every_task_line(tmp_path, make_worker):
+    url = f"sqlite:///{tmp_path / 'celeriac.db'}"
+    worker = make_worker(url, url, "--log-format", "json")
+    app = celery_app(f"sqla+sqlite:///{tmp_path / 'celeriac.db'}", f"db+sqlite:///{tmp_path / 'celeriac.db'}")
+    ok = app.send_task("math.add", (1, 2))
+    bad = app.send_task("math.div", (1, 0))
+    assert ok.get(timeout=TIMEOUT) == 3
+    with pytest.raises(ZeroDivisionError):
+        bad.get(timeout=TIMEOUT)
+    lines = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
+    task_lines = [line for line in lines if line.get("task_id") in (ok.id, bad.id)]
+    assert len(task_lines) == 4, task_lines  # received and finished, twice
+    for line in task_lines:
+        assert line["plugin"] == "math" and line["task"] in ("math.add", "math.div"), line
+    app.close()

@@ -50,6 +50,9 @@ pub struct WorkerArgs {
     /// Worker events (online, heartbeat, offline) are always sent.
     #[arg(short = 'E', long = "task-events", env = "CELERIAC_TASK_EVENTS")]
     pub task_events: bool,
+    /// File that keeps revoked task ids across restarts, as Celery's `--statedb`.
+    #[arg(long = "statedb", env = "CELERIAC_STATEDB")]
+    pub state_db: Option<PathBuf>,
     /// Address of the status port (/healthz, /readyz, /metrics), or `off`
     /// (default 127.0.0.1:8793; port 0 picks a free one).
     #[arg(long, env = "CELERIAC_HTTP")]
@@ -90,6 +93,7 @@ pub async fn run(common: &CommonArgs, file: &FileConfig, args: WorkerArgs) -> an
         task_events: args.task_events || file.task_events.unwrap_or(false),
         broker_url: connection.broker_url.clone(),
         backend_url: connection.backend_url.clone(),
+        state_db: args.state_db.or_else(|| file.statedb.clone()),
     };
 
     let runtime = Arc::new(Runtime::new(concurrency, default_cache_dir())?);

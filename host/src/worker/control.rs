@@ -234,9 +234,7 @@ pub(super) async fn dispatch(shared: &Arc<Shared>, method: &str, arguments: &Map
 /// `revoke`: remember the ids (checked when a task arrives and before it starts) and,
 /// with `terminate`, stop those running here.
 fn revoke(shared: &Shared, ids: &[String], terminate: bool) -> Option<Value> {
-    for id in ids {
-        shared.revoked.add(id);
-    }
+    shared.revoked.add_all(ids);
     if terminate {
         let terminated: Vec<&str> = ids
             .iter()

@@ -62,6 +62,8 @@ pub struct WorkerConfig {
     /// For `inspect stats`, `conf` and `report` (shown without passwords).
     pub broker_url: String,
     pub backend_url: String,
+    /// Where revoked task ids are kept across restarts (Celery's `--statedb`).
+    pub state_db: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -216,7 +218,10 @@ impl Worker {
             ),
             clock,
             tracker: tracker::Tracker::default(),
-            revoked: revoked::Revoked::default(),
+            revoked: match &self.config.state_db {
+                Some(path) => revoked::Revoked::with_state_file(path),
+                None => revoked::Revoked::default(),
+            },
             overrides: overrides::Overrides::default(),
         });
         let _ = self.status.inspector.set(Inspector(shared.clone()));
@@ -252,6 +257,7 @@ impl Worker {
                 }
                 Err(err) => {
                     tracing::error!(error = %err, retry_in = ?backoff, "cannot receive from the broker");
+                    self.status.metrics.broker_error();
                     drop(first);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_RECEIVE_BACKOFF);

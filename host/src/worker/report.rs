@@ -13,8 +13,7 @@ use crate::broker::Delivery;
 use crate::protocol::result::{Extended, ReplyTo};
 use crate::protocol::time::from_now;
 use crate::protocol::{ExceptionInfo, State, TaskRequest, TaskResult};
-use crate::runtime::manifest::TaskOptions;
-use crate::runtime::{Outcome, ProgressSink, Usage};
+use crate::runtime::{Outcome, PluginVersion, ProgressSink, Usage};
 
 /// Celery's `default_retry_delay`.
 const DEFAULT_RETRY_DELAY: f64 = 180.0;
@@ -145,28 +144,28 @@ pub(super) async fn outcome(
     shared: &Shared,
     delivery: &Delivery,
     request: &TaskRequest,
-    options: Option<&TaskOptions>,
+    plugin: &PluginVersion,
     outcome: Outcome,
     usage: Usage,
 ) {
     let (id, name) = (request.id.as_str(), request.name.as_str());
+    let options = plugin.manifest.tasks.get(name);
+    let failed = |exc: &ExceptionInfo, traceback: Option<String>| failed(request, &plugin.name, exc, traceback);
     let secs = usage.wall.as_secs_f64();
     let (mut result, after) = match outcome {
         Outcome::Success(json) => match serde_json::from_str::<Value>(&json) {
             Ok(value) => {
-                tracing::info!(task_id = %id, task = %name, runtime = secs,
+                tracing::info!(task_id = %id, task = %name, plugin = %plugin.name, runtime = secs,
                     "Task {name}[{id}] succeeded in {secs:.6}s: {}", crate::protocol::repr::repr(&value));
                 (TaskResult::new(id, State::Success, value), Settle::Ack)
             }
             Err(err) => failed(
-                request,
                 &ExceptionInfo::new(
                     "EncodeError",
                     "kombu.exceptions",
                     format!("task returned invalid JSON: {err}"),
                 ),
                 None,
-                secs,
             ),
         },
         Outcome::Failure { exc, traceback } => match options.filter(|o| o.autoretries(&exc.exc_type)) {
@@ -174,23 +173,33 @@ pub(super) async fn outcome(
             Some(options) if request.retries < options.max_retries.unwrap_or(DEFAULT_MAX_RETRIES) => {
                 let countdown = options.retry_countdown(request.retries, jitter());
                 let reason = Some(format!("Retry in {countdown}s: {}", exc.repr()));
-                match retry(shared, request, Some(countdown), options.max_retries, reason).await {
+                match retry(
+                    shared,
+                    request,
+                    &plugin.name,
+                    Some(countdown),
+                    options.max_retries,
+                    reason,
+                )
+                .await
+                {
                     Ok(result) => (result, Settle::Ack),
                     Err(failure) => failure,
                 }
             }
-            _ => failed(request, &exc, traceback, secs),
+            _ => failed(&exc, traceback),
         },
         Outcome::Retry {
             countdown,
             max_retries,
             reason,
-        } => match retry(shared, request, countdown, max_retries, reason).await {
+        } => match retry(shared, request, &plugin.name, countdown, max_retries, reason).await {
             Ok(result) => (result, Settle::Ack),
             Err(failure) => failure,
         },
         Outcome::Reject { requeue } => {
-            tracing::warn!(task_id = %id, task = %name, requeue, "Task {name}[{id}] rejected by the task");
+            tracing::warn!(task_id = %id, task = %name, plugin = %plugin.name, requeue,
+                "Task {name}[{id}] rejected by the task");
             shared.status.metrics.finished(name, "REJECTED");
             shared.events.task("task-rejected", id, || {
                 let mut fields = serde_json::Map::new();
@@ -201,7 +210,7 @@ pub(super) async fn outcome(
             return;
         }
         Outcome::Terminated => {
-            tracing::warn!(task_id = %id, task = %name, "Task {name}[{id}] terminated");
+            tracing::warn!(task_id = %id, task = %name, plugin = %plugin.name, "Task {name}[{id}] terminated");
             let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", "terminated");
             (TaskResult::new(id, State::Revoked, exc.to_value()), Settle::Ack)
         }
@@ -228,9 +237,9 @@ fn jitter() -> f64 {
     (uuid::Uuid::new_v4().as_u128() & ((1 << 53) - 1)) as f64 / (1u64 << 53) as f64
 }
 
-fn failed(request: &TaskRequest, exc: &ExceptionInfo, traceback: Option<String>, secs: f64) -> (TaskResult, Settle) {
+fn failed(request: &TaskRequest, plugin: &str, exc: &ExceptionInfo, traceback: Option<String>) -> (TaskResult, Settle) {
     let (id, name) = (request.id.as_str(), request.name.as_str());
-    tracing::error!(task_id = %id, task = %name, runtime = secs, "Task {name}[{id}] raised unexpected: {}", exc.repr());
+    tracing::error!(task_id = %id, task = %name, plugin, "Task {name}[{id}] raised unexpected: {}", exc.repr());
     // Celery acks failed tasks too (task_acks_on_failure_or_timeout).
     (TaskResult::failure(id, exc, traceback), Settle::Ack)
 }
@@ -240,6 +249,7 @@ fn failed(request: &TaskRequest, exc: &ExceptionInfo, traceback: Option<String>,
 async fn retry(
     shared: &Shared,
     request: &TaskRequest,
+    plugin: &str,
     countdown: Option<f64>,
     max_retries: Option<u32>,
     reason: Option<String>,
@@ -255,7 +265,7 @@ async fn retry(
                 request.args, request.kwargs
             ),
         );
-        return Err(failed(request, &exc, None, 0.0));
+        return Err(failed(request, plugin, &exc, None));
     }
     let countdown = countdown
         .filter(|c| c.is_finite() && *c >= 0.0)
@@ -273,10 +283,10 @@ async fn retry(
             "celeriac.exceptions",
             format!("cannot republish for retry: {err}"),
         );
-        return Err(failed(request, &exc, None, 0.0));
+        return Err(failed(request, plugin, &exc, None));
     }
     let message = reason.unwrap_or_else(|| format!("Retry in {countdown}s"));
-    tracing::info!(task_id = %id, task = %name, "Task {name}[{id}] retry: {message}");
+    tracing::info!(task_id = %id, task = %name, plugin, "Task {name}[{id}] retry: {message}");
     let exc = ExceptionInfo::new("Retry", "celery.exceptions", message);
     let mut result = TaskResult::new(id, State::Retry, exc.to_value());
     result.children = vec![serde_json::json!([[id, null], null])];

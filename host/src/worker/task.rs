@@ -30,9 +30,13 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
             return;
         }
     };
+    let arrived = Instant::now();
     let tracked = shared.tracker.hold(&delivery, &request);
     let (id, name) = (request.id.as_str(), request.name.as_str());
-    tracing::info!(task_id = %id, task = %name, "Task {name}[{id}] received");
+    let plugin = shared.runtime.registry.lookup(name);
+    let plugin_name = plugin.as_ref().map(|p| p.name.clone()).unwrap_or_default();
+    let plugin_name = plugin_name.as_str();
+    tracing::info!(task_id = %id, task = %name, plugin = plugin_name, "Task {name}[{id}] received");
     shared
         .events
         .task("task-received", id, || events::received_fields(&request));
@@ -42,11 +46,13 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
             "Task {name}[{id}] is part of a chord, whose body this version does not run yet");
     }
 
-    if discard_if_revoked(shared, &delivery, &request).await || discard_if_expired(shared, &delivery, &request).await {
+    if discard_if_revoked(shared, &delivery, &request, plugin_name).await
+        || discard_if_expired(shared, &delivery, &request, plugin_name).await
+    {
         return;
     }
 
-    let Some(plugin) = shared.runtime.registry.lookup(name) else {
+    let Some(plugin) = plugin else {
         tracing::error!(task_id = %id, task = %name,
             "Received unregistered task of type {name:?}. The message has been ignored and discarded.");
         let exc = ExceptionInfo::new("NotRegistered", "celery.exceptions", name);
@@ -76,7 +82,7 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
             tracked.reserved();
         }
         // Checked again once the ETA is reached, as Celery does before running a task.
-        if discard_if_expired(shared, &delivery, &request).await {
+        if discard_if_expired(shared, &delivery, &request, plugin_name).await {
             return;
         }
     }
@@ -114,7 +120,7 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
     };
 
     // Revoked while it waited for its ETA, its turn or a slot.
-    if discard_if_revoked(shared, &delivery, &request).await {
+    if discard_if_revoked(shared, &delivery, &request, plugin_name).await {
         return;
     }
     let mut invocation = Invocation {
@@ -129,7 +135,7 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
     tracked.started(invocation.cancel.clone());
     shared.events.task("task-started", id, Map::new);
     shared.gate.started(delivery.tag);
-    shared.status.metrics.started();
+    shared.status.metrics.started(name, arrived.elapsed());
     let ran = shared
         .executors
         .run(plugin.clone(), invocation, Instant::now() + admission::LOOKAHEAD_WAIT)
@@ -147,17 +153,16 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
         report::settle(shared, &delivery, report::Settle::Reject { requeue: true }).await;
         return;
     };
-    let options = plugin.manifest.tasks.get(&request.name);
-    report::outcome(shared, &delivery, &request, options, ran.outcome, ran.usage).await;
+    report::outcome(shared, &delivery, &request, &plugin, ran.outcome, ran.usage).await;
 }
 
 /// A revoked task is not run: REVOKED is stored and the message acked, as Celery does.
-async fn discard_if_revoked(shared: &Shared, delivery: &Delivery, request: &TaskRequest) -> bool {
+async fn discard_if_revoked(shared: &Shared, delivery: &Delivery, request: &TaskRequest, plugin: &str) -> bool {
     if !shared.revoked.contains(&request.id) {
         return false;
     }
     let (id, name) = (request.id.as_str(), request.name.as_str());
-    tracing::info!(task_id = %id, task = %name, "Discarding revoked task: {name}[{id}]");
+    tracing::info!(task_id = %id, task = %name, plugin, "Discarding revoked task: {name}[{id}]");
     let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", "revoked");
     let mut result = TaskResult::new(id, State::Revoked, exc.to_value());
     report::annotate(shared, request, &mut result);
@@ -166,12 +171,12 @@ async fn discard_if_revoked(shared: &Shared, delivery: &Delivery, request: &Task
 }
 
 /// A task past its `expires` is not run: REVOKED is stored and the message acked.
-async fn discard_if_expired(shared: &Shared, delivery: &Delivery, request: &TaskRequest) -> bool {
+async fn discard_if_expired(shared: &Shared, delivery: &Delivery, request: &TaskRequest, plugin: &str) -> bool {
     if request.expires.is_none_or(|expires| expires > Utc::now()) {
         return false;
     }
     let (id, name) = (request.id.as_str(), request.name.as_str());
-    tracing::info!(task_id = %id, task = %name, "Task {name}[{id}] expired; not running it");
+    tracing::info!(task_id = %id, task = %name, plugin, "Task {name}[{id}] expired; not running it");
     shared.revoked.add(id);
     let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", "expired");
     let mut result = TaskResult::new(id, State::Revoked, exc.to_value());
