@@ -253,3 +253,78 @@ def test_json_logs_name_the_task_and_its_plugin_on_every_task_line(tmp_path, mak
     for line in task_lines:
         assert line["plugin"] == "math" and line["task"] in ("math.add", "math.div"), line
     app.close()
+
+
+def test_consumers_and_pool_change_at_run_time(broker, node, make_worker):
+    url, queue, backend = broker
+    extra = f"{queue}-extra"
+    make_worker(url, backend, "-Q", queue, "-n", node)
+    app = celery_app(url, backend)
+    try:
+        assert celery_cli(url, "control", "add_consumer", extra, "-d", node) == {
+            node: {"ok": f"add consumer {extra}"}}
+        assert app.send_task("math.add", (4, 4), queue=extra).get(timeout=TIMEOUT) == 8
+        queues = celery_cli(url, "inspect", "active_queues", "-d", node)[node]
+        assert sorted(q["name"] for q in queues) == sorted([queue, extra])
+
+        assert celery_cli(url, "control", "cancel_consumer", extra, "-d", node) == {
+            node: {"ok": f"no longer consuming from {extra}"}}
+        queues = celery_cli(url, "inspect", "active_queues", "-d", node)[node]
+        assert [q["name"] for q in queues] == [queue]
+        waiting = app.send_task("math.add", (5, 5), queue=extra)
+        time.sleep(1.5)
+        assert waiting.state == "PENDING", "a cancelled queue is not consumed"
+
+        assert celery_cli(url, "control", "pool_grow", "2", "-d", node) == {node: {"ok": "pool will grow"}}
+        assert celery_cli(url, "inspect", "stats", "-d", node)[node]["pool"]["max-concurrency"] == 4
+        spins = [app.send_task("math.spin", (4000,), queue=queue) for _ in range(4)]
+        inspect = app.control.inspect(destination=[node], timeout=2)
+        assert eventually(lambda: len((inspect.active() or {}).get(node, [])) == 4), "four run at once"
+        assert [s.get(timeout=TIMEOUT) for s in spins] == [4000] * 4
+        assert celery_cli(url, "control", "pool_shrink", "3", "-d", node) == {node: {"ok": "pool will shrink"}}
+        assert celery_cli(url, "inspect", "stats", "-d", node)[node]["pool"]["max-concurrency"] == 1
+    finally:
+        app.close()
+        if url == AMQP:
+            with amqp.Connection("127.0.0.1:5672", userid="guest", password="guest") as conn:
+                channel = conn.channel()
+                channel.queue_delete(extra)
+                channel.exchange_delete(extra)
+
+
+def test_celeriac_inspect_and_control_are_the_same_client(broker, node, make_worker):
+    from conftest import BIN
+    url, queue, backend = broker
+    make_worker(url, backend, "-Q", queue, "-n", node)
+
+    def celeriac(*args):
+        out = subprocess.run([str(BIN), "--broker", url, *args, "-d", node, "--json", "-t", "5"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stdout + out.stderr
+        return json.loads(out.stdout)
+
+    assert celeriac("inspect", "ping") == {node: {"ok": "pong"}}
+    assert "math.add" in celeriac("inspect", "registered")[node]
+    assert celeriac("control", "rate_limit", "math.add", "100/s") == {
+        node: {"ok": "new rate limit set successfully"}}
+    assert celeriac("inspect", "conf")[node]["task_queues"] == [queue]
+
+
+def test_celery_events_dump_prints_the_worker(broker, node, make_worker):
+    url, queue, backend = broker
+    dump = subprocess.Popen([sys.executable, "-m", "celery", "-b", url, "events", "--dump"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(2)
+        make_worker(url, backend, "-Q", queue, "-n", node, "-E")
+        app = celery_app(url, backend)
+        result = app.send_task("math.add", (2, 3), queue=queue)
+        assert result.get(timeout=TIMEOUT) == 5
+        time.sleep(3)
+        app.close()
+    finally:
+        dump.terminate()
+    output = dump.communicate(timeout=10)[0]
+    # evdump's words for worker-online, task-succeeded and worker-heartbeat.
+    assert f"{node} [" in output and "] started: " in output, output
+    assert f"task succeeded: math.add({result.id})" in output and "] heartbeat: " in output, output
