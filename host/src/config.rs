@@ -152,6 +152,7 @@ pub struct FileConfig {
     pub result_extended: Option<bool>,
     pub task_events: Option<bool>,
     pub statedb: Option<PathBuf>,
+    pub otlp_endpoint: Option<String>,
     pub result_expires: Option<u64>,
     pub log_format: Option<String>,
     pub http: Option<String>,

@@ -14,4 +14,5 @@ pub mod http;
 pub mod metrics;
 pub mod protocol;
 pub mod runtime;
+pub mod telemetry;
 pub mod worker;

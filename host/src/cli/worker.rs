@@ -14,6 +14,7 @@ use super::CommonArgs;
 use crate::config::{default_hostname, FileConfig};
 use crate::http::Status;
 use crate::runtime::{cache::default_cache_dir, watcher, Runtime};
+use crate::telemetry::Telemetry;
 use crate::worker::{Worker, WorkerConfig};
 use crate::{backend, broker};
 
@@ -53,6 +54,10 @@ pub struct WorkerArgs {
     /// File that keeps revoked task ids across restarts, as Celery's `--statedb`.
     #[arg(long = "statedb", env = "CELERIAC_STATEDB")]
     pub state_db: Option<PathBuf>,
+    /// Send a trace span per task to this OpenTelemetry collector (OTLP over HTTP, e.g.
+    /// http://127.0.0.1:4318). Off by default.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// Address of the status port (/healthz, /readyz, /metrics), or `off`
     /// (default 127.0.0.1:8793; port 0 picks a free one).
     #[arg(long, env = "CELERIAC_HTTP")]
@@ -131,6 +136,15 @@ pub async fn run(common: &CommonArgs, file: &FileConfig, args: WorkerArgs) -> an
         }
     }
 
+    let telemetry = match args.otlp_endpoint.or_else(|| file.otlp_endpoint.clone()) {
+        None => None,
+        Some(endpoint) => {
+            // The exporter's blocking HTTP client must not be built on an async thread.
+            let service = config.hostname.clone();
+            let started = tokio::task::spawn_blocking(move || Telemetry::start(&endpoint, &service)).await?;
+            Some(Arc::new(started.context("cannot start OpenTelemetry tracing")?))
+        }
+    };
     let stop = Arc::new(watch::channel(false).0);
     tokio::spawn(handle_signals(stop.clone()));
     let worker = Worker {
@@ -140,6 +154,7 @@ pub async fn run(common: &CommonArgs, file: &FileConfig, args: WorkerArgs) -> an
         control,
         runtime,
         status,
+        telemetry,
     };
     worker.run(stop).await?;
     Ok(ExitCode::SUCCESS)

@@ -34,6 +34,7 @@ use crate::broker::{Broker, BrokerError};
 use crate::http::Status;
 use crate::protocol::TaskResult;
 use crate::runtime::Runtime;
+use crate::telemetry::Telemetry;
 
 pub use executor::ExecutorPool;
 
@@ -101,6 +102,7 @@ struct Shared {
     tracker: tracker::Tracker,
     revoked: revoked::Revoked,
     overrides: overrides::Overrides,
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 impl Shared {
@@ -179,6 +181,8 @@ pub struct Worker {
     pub control: Option<Arc<dyn ControlBus>>,
     pub runtime: Arc<Runtime>,
     pub status: Arc<Status>,
+    /// OpenTelemetry spans, when an OTLP endpoint is configured.
+    pub telemetry: Option<Arc<Telemetry>>,
 }
 
 impl Worker {
@@ -223,6 +227,7 @@ impl Worker {
                 None => revoked::Revoked::default(),
             },
             overrides: overrides::Overrides::default(),
+            telemetry: self.telemetry.clone(),
         });
         let _ = self.status.inspector.set(Inspector(shared.clone()));
         if let Some(bus) = &self.control {
@@ -284,6 +289,10 @@ impl Worker {
         shared.gate.drain().await;
         events::heartbeat(&shared, "worker-offline", events::HEARTBEAT_EVERY.as_secs_f64()).await;
         self.broker.close().await?;
+        if let Some(telemetry) = self.telemetry.clone() {
+            // Flushing blocks on the exporter's HTTP client.
+            let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+        }
         tracing::info!("worker stopped");
         Ok(())
     }

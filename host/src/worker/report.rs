@@ -14,6 +14,7 @@ use crate::protocol::result::{Extended, ReplyTo};
 use crate::protocol::time::from_now;
 use crate::protocol::{ExceptionInfo, State, TaskRequest, TaskResult};
 use crate::runtime::{Outcome, PluginVersion, ProgressSink, Usage};
+use crate::telemetry::TaskSpan;
 
 /// Celery's `default_retry_delay`.
 const DEFAULT_RETRY_DELAY: f64 = 180.0;
@@ -227,6 +228,26 @@ pub(super) async fn outcome(
             "cpu_time": usage.cpu.as_secs_f64(),
             "peak_memory": usage.peak_memory,
         }));
+    }
+    if let Some(telemetry) = &shared.telemetry {
+        telemetry.task(&TaskSpan {
+            task_id: id,
+            root_id: &request.root_id,
+            parent_id: request.parent_id.as_deref(),
+            name,
+            plugin: &plugin.name,
+            hostname: &shared.config.hostname,
+            queue: &delivery.queue,
+            retries: request.retries,
+            state: result.state.as_str(),
+            error: result
+                .exception()
+                .filter(|_| result.state == State::Failure)
+                .map(|e| e.repr()),
+            wall: usage.wall,
+            cpu: usage.cpu,
+            peak_memory: usage.peak_memory,
+        });
     }
     store_publish_then_settle(shared, delivery, request, result, follow_ups, after, usage).await;
 }
