@@ -24,15 +24,16 @@ enum Phase {
     Active { time_start: f64, cancel: Arc<AtomicBool> },
 }
 
+/// What `inspect` shows of a held message; JSON and reprs are made only when asked for.
 struct Held {
     id: String,
     name: String,
     priority: u8,
-    args: Value,
-    kwargs: Value,
-    args_repr: String,
-    kwargs_repr: String,
-    delivery_info: Value,
+    args: Vec<Value>,
+    kwargs: Map<String, Value>,
+    exchange: String,
+    routing_key: String,
+    redelivered: bool,
     phase: Phase,
 }
 
@@ -96,20 +97,20 @@ impl Tracker {
     /// Track a decoded message until the returned guard is dropped.
     pub fn hold(&self, delivery: &Delivery, request: &TaskRequest) -> Tracked<'_> {
         let info = &delivery.message.properties.delivery_info;
+        let routing_key = if info.routing_key.is_empty() {
+            &delivery.queue
+        } else {
+            &info.routing_key
+        };
         let held = Held {
             id: request.id.clone(),
             name: request.name.clone(),
             priority: request.priority,
-            args: Value::Array(request.args.clone()),
-            kwargs: Value::Object(request.kwargs.clone()),
-            args_repr: repr_args(&request.args),
-            kwargs_repr: repr(&Value::Object(request.kwargs.clone())),
-            delivery_info: json!({
-                "exchange": info.exchange,
-                "routing_key": if info.routing_key.is_empty() { delivery.queue.as_str() } else { info.routing_key.as_str() },
-                "priority": request.priority,
-                "redelivered": delivery.redelivered,
-            }),
+            args: request.args.clone(),
+            kwargs: request.kwargs.clone(),
+            exchange: info.exchange.clone(),
+            routing_key: routing_key.clone(),
+            redelivered: delivery.redelivered,
             phase: Phase::Reserved,
         };
         self.held().insert(delivery.tag, held);
@@ -121,13 +122,11 @@ impl Tracker {
 
     /// Celery's `Request.info`: args and kwargs as values, or as repr strings (`safe`).
     fn info(held: &Held, hostname: &str, safe: bool) -> Value {
+        let kwargs = Value::Object(held.kwargs.clone());
         let (args, kwargs) = if safe {
-            (
-                Value::from(held.args_repr.as_str()),
-                Value::from(held.kwargs_repr.as_str()),
-            )
+            (Value::from(repr_args(&held.args)), Value::from(repr(&kwargs)))
         } else {
-            (held.args.clone(), held.kwargs.clone())
+            (Value::Array(held.args.clone()), kwargs)
         };
         let time_start = match &held.phase {
             Phase::Active { time_start, .. } => json!(time_start),
@@ -142,7 +141,12 @@ impl Tracker {
             "hostname": hostname,
             "time_start": time_start,
             "acknowledged": false,
-            "delivery_info": held.delivery_info,
+            "delivery_info": {
+                "exchange": held.exchange,
+                "routing_key": held.routing_key,
+                "priority": held.priority,
+                "redelivered": held.redelivered,
+            },
             "worker_pid": std::process::id(),
         })
     }
