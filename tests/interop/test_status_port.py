@@ -1,9 +1,11 @@
-"""The worker's own HTTP port: /healthz, /readyz and /metrics, with any broker (Redis here)."""
+"""The worker's own HTTP port: /healthz, /readyz and /metrics, with any broker (Redis here).
+/events and /inspect are in test_control.py."""
 
 import urllib.error
 import urllib.request
 
 import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from conftest import REDIS_HOST, REDIS_PORT, celery_app
 
@@ -35,6 +37,15 @@ def test_health_readiness_and_metrics(db, make_worker):
     assert 'celeriac_task_runtime_seconds_count{task="math.add"} 3' in text, text
     assert "celeriac_tasks_running 0" in text
     assert "redis://" not in text and "password" not in text
+    # It parses as OpenMetrics (with the parser Flower's own metrics use), and the figures
+    # of what tasks used and waited move with them.
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    samples = {(s.name, s.labels.get("task") or s.labels.get("plugin")): s.value
+               for f in families.values() for s in f.samples}
+    assert samples[("celeriac_task_wait_seconds_count", "math.add")] == 3
+    assert samples[("celeriac_task_cpu_seconds_total", "math.add")] > 0
+    assert samples[("celeriac_task_peak_memory_bytes_count", "math")] == 4
+    assert samples[("celeriac_broker_receive_errors_total", None)] == 0
 
 
 def test_readiness_ends_with_a_warm_shutdown(db, make_worker):
