@@ -204,6 +204,15 @@ impl AmqpBroker {
         Ok(channel)
     }
 
+    /// A channel of its own on the broker's connection (re-opened if it died), for remote
+    /// control and events: an error on it closes that channel only, never the task channel.
+    pub async fn open_channel(&self) -> Result<Channel, BrokerError> {
+        self.channel().await?;
+        let live = self.live.lock().await;
+        let live = live.as_ref().ok_or(BrokerError::Closed)?;
+        live.connection.create_channel().await.map_err(op)
+    }
+
     /// Declare `queue` and forward its deliveries to the inbox, tagged with the channel's
     /// generation.
     async fn start_consumer(&self, channel: &Channel, queue: &str, generation: u64) -> Result<(), BrokerError> {

@@ -4,10 +4,12 @@
 //! `celeryev` topic, durable; the worker's `<node>.celery.pidbox` queue exclusive and
 //! auto-delete, with kombu's message TTL and expiry.
 //!
-//! Requests arrive on a connection of their own, re-opened after a loss; replies and
-//! events share a second one, without publisher confirms (they are fire-and-forget in
-//! Celery too: `delivery_mode` 1, nothing waits for them).
+//! Requests arrive on a channel of their own, replies and events go out on a second one,
+//! both on the worker's AMQP connection (a connection costs the worker ~9 MB, a channel
+//! next to nothing), re-opened after a loss. Replies and events go without publisher
+//! confirms: they are fire-and-forget in Celery too (`delivery_mode` 1).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -16,30 +18,21 @@ use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use lapin::{Channel, Consumer, ExchangeKind};
 use tokio::sync::{mpsc, Mutex};
 
-use super::amqp::{message_of, op, properties_of};
+use super::amqp::{message_of, op, properties_of, AmqpBroker};
 use super::control::{
     back_off, node_queue, reply_queue, ControlBus, CONTROL_MESSAGE_TTL_MS, CONTROL_QUEUE_EXPIRES_MS, EVENT_EXCHANGE,
     PIDBOX_EXCHANGE, REPLY_EXCHANGE, REQUEST_BACKLOG,
 };
 use super::BrokerError;
-use crate::config::redact;
 use crate::protocol::Message;
 
 pub struct AmqpControl {
-    url: String,
+    broker: Arc<AmqpBroker>,
     /// For replies and events; re-opened when it dies.
-    publisher: Mutex<Option<(Connection, Channel)>>,
-}
-
-async fn open_channel(url: &str) -> Result<(Connection, Channel), BrokerError> {
-    let connection = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .map_err(|e| BrokerError::Connection(format!("cannot connect to {}: {e}", redact(url))))?;
-    let channel = connection.create_channel().await.map_err(op)?;
-    Ok((connection, channel))
+    publisher: Mutex<Option<Channel>>,
 }
 
 async fn declare_exchange(channel: &Channel, name: &str, kind: ExchangeKind, durable: bool) -> Result<(), BrokerError> {
@@ -93,20 +86,20 @@ async fn consume_control_queue(
         .map_err(op)
 }
 
-/// The worker's request queue on a fresh connection.
-async fn subscribe(url: &str, node: &str) -> Result<(Connection, Consumer), BrokerError> {
-    let (connection, channel) = open_channel(url).await?;
+/// The worker's request queue on a fresh channel.
+async fn subscribe(broker: &AmqpBroker, node: &str) -> Result<(Channel, Consumer), BrokerError> {
+    let channel = broker.open_channel().await?;
     declare_exchange(&channel, PIDBOX_EXCHANGE, ExchangeKind::Fanout, false).await?;
     let consumer = consume_control_queue(&channel, &node_queue(node), PIDBOX_EXCHANGE, "").await?;
-    Ok((connection, consumer))
+    Ok((channel, consumer))
 }
 
-/// Forward every request to `requests`, re-opening the connection after each loss, until
+/// Forward every request to `requests`, re-opening the channel after each loss, until
 /// the receiving side is dropped.
-async fn relay(url: String, node: String, requests: mpsc::Sender<Message>) {
+async fn relay(broker: Arc<AmqpBroker>, node: String, requests: mpsc::Sender<Message>) {
     let mut delay = Duration::from_millis(100);
     loop {
-        let (connection, mut consumer) = match subscribe(&url, &node).await {
+        let (channel, mut consumer) = match subscribe(&broker, &node).await {
             Ok(subscribed) => subscribed,
             Err(err) => {
                 tracing::warn!(error = %err, "remote control: cannot subscribe; retrying");
@@ -130,18 +123,18 @@ async fn relay(url: String, node: String, requests: mpsc::Sender<Message>) {
             }
         }
         if requests.is_closed() {
-            let _ = connection.close(200, "worker stopping".into()).await;
+            let _ = channel.close(200, "worker stopping".into()).await;
             return;
         }
-        tracing::warn!(url = %redact(&url), "remote control: lost the AMQP connection; reconnecting");
+        tracing::warn!("remote control: lost the AMQP channel; re-opening it");
         back_off(&mut delay).await;
     }
 }
 
 impl AmqpControl {
-    pub fn new(url: &str) -> AmqpControl {
+    pub fn new(broker: Arc<AmqpBroker>) -> AmqpControl {
         AmqpControl {
-            url: url.to_owned(),
+            broker,
             publisher: Mutex::new(None),
         }
     }
@@ -151,14 +144,12 @@ impl AmqpControl {
         let mut publisher = self.publisher.lock().await;
         for attempt in 0..2 {
             let channel = match publisher.as_ref() {
-                Some((connection, channel)) if connection.status().connected() && channel.status().connected() => {
-                    channel.clone()
-                }
+                Some(channel) if channel.status().connected() => channel.clone(),
                 _ => {
-                    let (connection, channel) = open_channel(&self.url).await?;
+                    let channel = self.broker.open_channel().await?;
                     declare_exchange(&channel, EVENT_EXCHANGE, ExchangeKind::Topic, true).await?;
                     declare_exchange(&channel, REPLY_EXCHANGE, ExchangeKind::Direct, false).await?;
-                    *publisher = Some((connection, channel.clone()));
+                    *publisher = Some(channel.clone());
                     channel
                 }
             };
@@ -188,7 +179,7 @@ impl AmqpControl {
 impl ControlBus for AmqpControl {
     async fn listen(&self, node: &str) -> Result<mpsc::Receiver<Message>, BrokerError> {
         let (sender, receiver) = mpsc::channel(REQUEST_BACKLOG);
-        tokio::spawn(relay(self.url.clone(), node.to_owned(), sender));
+        tokio::spawn(relay(self.broker.clone(), node.to_owned(), sender));
         Ok(receiver)
     }
 
@@ -207,7 +198,7 @@ impl ControlBus for AmqpControl {
         timeout: Duration,
         limit: Option<usize>,
     ) -> Result<Vec<Message>, BrokerError> {
-        let (connection, channel) = open_channel(&self.url).await?;
+        let channel = self.broker.open_channel().await?;
         declare_exchange(&channel, REPLY_EXCHANGE, ExchangeKind::Direct, false).await?;
         declare_exchange(&channel, PIDBOX_EXCHANGE, ExchangeKind::Fanout, false).await?;
         let mut consumer = consume_control_queue(&channel, &reply_queue(client_id), REPLY_EXCHANGE, client_id).await?;
@@ -233,7 +224,7 @@ impl ControlBus for AmqpControl {
                 &delivery.routing_key,
             ));
         }
-        let _ = connection.close(200, "control client done".into()).await;
+        let _ = channel.close(200, "control client done".into()).await;
         Ok(replies)
     }
 }

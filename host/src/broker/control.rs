@@ -13,6 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
+use super::amqp::AmqpBroker;
 use super::{amqp_control, redis_control, BrokerError};
 use crate::config::BrokerUrl;
 use crate::protocol::Message;
@@ -62,14 +63,18 @@ pub trait ControlBus: Send + Sync {
     ) -> Result<Vec<Message>, BrokerError>;
 }
 
-/// The control bus of a broker; `None` for brokers without fanout (SQLite, SQS,
-/// Zookeeper), which have no remote control and no broker events, as with Celery.
+/// The control bus of a broker, for a control client; `None` for brokers without fanout
+/// (SQLite, SQS, Zookeeper), which have no remote control and no broker events, as with
+/// Celery. A worker uses [`super::open_with_control`], which shares the AMQP connection.
 pub async fn open(
     url: &BrokerUrl,
     options: &HashMap<String, String>,
 ) -> Result<Option<Arc<dyn ControlBus>>, BrokerError> {
     Ok(match url {
-        BrokerUrl::Amqp(url) => Some(Arc::new(amqp_control::AmqpControl::new(url))),
+        BrokerUrl::Amqp(url) => {
+            let broker = Arc::new(AmqpBroker::open(url, options).await?);
+            Some(Arc::new(amqp_control::AmqpControl::new(broker)))
+        }
         BrokerUrl::Redis(url) => Some(Arc::new(redis_control::RedisControl::open(url, options).await?)),
         BrokerUrl::Sqlite(_) | BrokerUrl::Sqs(_) | BrokerUrl::Zookeeper(_) => None,
     })

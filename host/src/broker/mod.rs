@@ -101,6 +101,20 @@ pub trait Broker: Send + Sync {
     async fn close(&self) -> Result<(), BrokerError>;
 }
 
+/// Open the broker a URL names, and its control bus (remote control and events) where it
+/// has one; on RabbitMQ both share one connection.
+pub async fn open_with_control(
+    url: &BrokerUrl,
+    options: &HashMap<String, String>,
+) -> Result<(Arc<dyn Broker>, Option<Arc<dyn control::ControlBus>>), BrokerError> {
+    if let BrokerUrl::Amqp(url) = url {
+        let broker = Arc::new(amqp::AmqpBroker::open(url, options).await?);
+        let bus: Arc<dyn control::ControlBus> = Arc::new(amqp_control::AmqpControl::new(broker.clone()));
+        return Ok((broker, Some(bus)));
+    }
+    Ok((open(url, options).await?, control::open(url, options).await?))
+}
+
 /// Open the broker a URL names. `options` are Celery's `broker_transport_options`.
 pub async fn open(url: &BrokerUrl, options: &HashMap<String, String>) -> Result<Arc<dyn Broker>, BrokerError> {
     match url {

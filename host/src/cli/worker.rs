@@ -108,12 +108,9 @@ pub async fn run(common: &CommonArgs, file: &FileConfig, args: WorkerArgs) -> an
     }
     tokio::spawn(watcher::watch(runtime.clone(), plugins.clone(), stamps));
 
-    let broker = broker::open(&connection.broker, &connection.transport_options)
+    let (broker, control) = broker::open_with_control(&connection.broker, &connection.transport_options)
         .await
         .context("cannot open the broker")?;
-    let control = broker::control::open(&connection.broker, &connection.transport_options)
-        .await
-        .context("cannot open the broker's remote control")?;
     let backend = backend::open(&connection.backend, connection.result_expires, &connection.broker)
         .await
         .context("cannot open the result backend")?;
