@@ -15,7 +15,7 @@ use super::CommonArgs;
 use crate::broker::control::{self, PIDBOX_EXCHANGE, REPLY_EXCHANGE};
 use crate::config::FileConfig;
 use crate::protocol::time::{seconds, unix_now};
-use crate::protocol::{DeliveryInfo, Message, Properties};
+use crate::protocol::Message;
 
 #[derive(Debug, Args)]
 pub struct ControlArgs {
@@ -96,20 +96,7 @@ pub async fn run(common: &CommonArgs, file: &FileConfig, args: ControlArgs) -> a
         "ticket": ticket,
         "reply_to": {"exchange": REPLY_EXCHANGE, "routing_key": client_id},
     });
-    let request = Message {
-        body: body.to_string().into_bytes(),
-        content_type: "application/json".into(),
-        content_encoding: "utf-8".into(),
-        headers,
-        properties: Properties {
-            delivery_mode: 2,
-            delivery_info: DeliveryInfo {
-                exchange: PIDBOX_EXCHANGE.into(),
-                routing_key: String::new(),
-            },
-            ..Default::default()
-        },
-    };
+    let request = Message::json(&body, headers, PIDBOX_EXCHANGE, "", 2);
     let wait = if silent(&args.method) { Duration::ZERO } else { timeout };
     let limit = destination.as_ref().map(Vec::len);
     let replies = bus.broadcast(&request, &client_id, wait, limit).await?;

@@ -51,6 +51,31 @@ struct Envelope {
 }
 
 impl Message {
+    /// A JSON message for `exchange` / `routing_key`, as kombu publishes control requests,
+    /// replies and events (`delivery_mode` 1: transient; 2: persistent).
+    pub fn json(
+        body: &Value,
+        headers: Map<String, Value>,
+        exchange: &str,
+        routing_key: &str,
+        delivery_mode: u8,
+    ) -> Message {
+        Message {
+            body: body.to_string().into_bytes(),
+            content_type: "application/json".into(),
+            content_encoding: "utf-8".into(),
+            headers,
+            properties: Properties {
+                delivery_mode,
+                delivery_info: DeliveryInfo {
+                    exchange: exchange.into(),
+                    routing_key: routing_key.into(),
+                },
+                ..Default::default()
+            },
+        }
+    }
+
     /// Encode as kombu's JSON envelope, with a fresh `delivery_tag` as kombu publishers do.
     pub fn to_envelope_json(&self) -> String {
         let mut properties = Map::new();

@@ -11,7 +11,7 @@ use super::{events, task, Shared};
 use crate::broker::control::ControlBus;
 use crate::config::redact;
 use crate::protocol::time::seconds;
-use crate::protocol::{DeliveryInfo, Message, Properties};
+use crate::protocol::Message;
 use crate::runtime::manifest::parse_rate;
 
 /// Answer requests from the broker until the worker stops.
@@ -66,20 +66,7 @@ async fn handle(shared: &Arc<Shared>, bus: &dyn ControlBus, request: Message) {
         let mut headers = Map::new();
         headers.insert("ticket".into(), Value::from(ticket));
         headers.insert("clock".into(), Value::from(shared.clock.forward()));
-        let message = Message {
-            body: json!({ hostname: reply }).to_string().into_bytes(),
-            content_type: "application/json".into(),
-            content_encoding: "utf-8".into(),
-            headers,
-            properties: Properties {
-                delivery_mode: 1,
-                delivery_info: DeliveryInfo {
-                    exchange: exchange.into(),
-                    routing_key: routing_key.into(),
-                },
-                ..Default::default()
-            },
-        };
+        let message = Message::json(&json!({ hostname: reply }), headers, exchange, routing_key, 1);
         if let Err(err) = bus.reply(routing_key, &message).await {
             tracing::warn!(method, error = %err, "cannot send a remote-control reply");
         }

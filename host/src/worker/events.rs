@@ -20,7 +20,7 @@ use crate::broker::control::{ControlBus, EVENT_EXCHANGE};
 use crate::protocol::repr::{repr, repr_args};
 use crate::protocol::time::to_iso;
 use crate::protocol::time::unix_now;
-use crate::protocol::{DeliveryInfo, ExceptionInfo, Message, Properties, State, TaskRequest, TaskResult};
+use crate::protocol::{ExceptionInfo, Message, State, TaskRequest, TaskResult};
 use crate::runtime::Usage;
 
 /// Seconds between heartbeats (Celery's default `freq`).
@@ -51,20 +51,7 @@ fn utcoffset() -> f64 {
 fn event_message(hostname: &str, routing_key: &str, body: &Value) -> Message {
     let mut headers = Map::new();
     headers.insert("hostname".into(), Value::from(hostname));
-    Message {
-        body: body.to_string().into_bytes(),
-        content_type: "application/json".into(),
-        content_encoding: "utf-8".into(),
-        headers,
-        properties: Properties {
-            delivery_mode: 1,
-            delivery_info: DeliveryInfo {
-                exchange: EVENT_EXCHANGE.into(),
-                routing_key: routing_key.into(),
-            },
-            ..Default::default()
-        },
-    }
+    Message::json(body, headers, EVENT_EXCHANGE, routing_key, 1)
 }
 
 impl Events {

@@ -34,8 +34,7 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
     let tracked = shared.tracker.hold(&delivery, &request);
     let (id, name) = (request.id.as_str(), request.name.as_str());
     let plugin = shared.runtime.registry.lookup(name);
-    let plugin_name = plugin.as_ref().map(|p| p.name.clone()).unwrap_or_default();
-    let plugin_name = plugin_name.as_str();
+    let plugin_name = plugin.as_ref().map_or("", |p| p.name.as_str());
     tracing::info!(task_id = %id, task = %name, plugin = plugin_name, "Task {name}[{id}] received");
     shared
         .events
@@ -52,7 +51,7 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
         return;
     }
 
-    let Some(plugin) = plugin else {
+    let Some(plugin) = plugin.as_ref() else {
         tracing::error!(task_id = %id, task = %name,
             "Received unregistered task of type {name:?}. The message has been ignored and discarded.");
         let exc = ExceptionInfo::new("NotRegistered", "celery.exceptions", name);
@@ -153,7 +152,7 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
         report::settle(shared, &delivery, report::Settle::Reject { requeue: true }).await;
         return;
     };
-    report::outcome(shared, &delivery, &request, &plugin, ran.outcome, ran.usage).await;
+    report::outcome(shared, &delivery, &request, plugin, ran.outcome, ran.usage).await;
 }
 
 /// A revoked task is not run: REVOKED is stored and the message acked, as Celery does.

@@ -69,13 +69,19 @@ impl<'a> Tracked<'a> {
 
     /// The task starts running; `cancel` is what `revoke --terminate` sets.
     pub fn started(&self, cancel: Arc<AtomicBool>) {
-        let name = self.tracker.held().get(&self.tag).map(|held| held.name.clone());
-        if let Some(name) = name {
-            *self.tracker.totals().entry(name).or_default() += 1;
+        let time_start = crate::protocol::time::unix_now();
+        let mut held = self.tracker.held();
+        if let Some(held) = held.get_mut(&self.tag) {
+            held.phase = Phase::Active { time_start, cancel };
+            let mut totals = self.tracker.totals();
+            match totals.get_mut(&held.name) {
+                Some(count) => *count += 1,
+                None => {
+                    totals.insert(held.name.clone(), 1);
+                }
+            }
         }
         self.tracker.processed.fetch_add(1, Ordering::Relaxed);
-        let time_start = crate::protocol::time::unix_now();
-        self.tracker.set_phase(self.tag, Phase::Active { time_start, cancel });
     }
 }
 
