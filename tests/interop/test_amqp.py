@@ -140,3 +140,18 @@ def test_malformed_messages_are_dead_lettered_when_the_queue_has_a_dead_letter_e
             channel.exchange_delete(dead)
     finally:
         subprocess.run(["rabbitmqctl", "clear_policy", policy], check=True, capture_output=True)
+
+
+def test_far_off_etas_wait_in_rabbitmq_delay_queues(queue, db, make_worker):
+    worker = make_worker(BROKER, redis_url(db), "-Q", queue, "--concurrency", "1", "--prefetch-multiplier", "1",
+                         "--park-eta-after", "1")
+    app = celery_app(BROKER, redis_url(db))
+    sent = time.monotonic()
+    later = [app.send_task("math.add", (i, i), queue=queue, countdown=5) for i in range(10)]
+    worker.wait_for_log("parked in the broker")
+    # Held by the worker, one waiting task would fill its single reservation (and
+    # RabbitMQ's prefetch window) for 5 s.
+    assert app.send_task("math.add", (1, 1), queue=queue).get(timeout=3) == 2
+    assert not any(r.ready() for r in later), "a parked task ran before its ETA"
+    assert [r.get(timeout=TIMEOUT) for r in later] == [2 * i for i in range(10)]
+    assert time.monotonic() - sent >= 4.9

@@ -16,7 +16,7 @@ import redis
 from billiard.exceptions import TimeLimitExceeded
 from celery.exceptions import NotRegistered
 
-from conftest import REDIS_HOST, REDIS_PORT, celery_app, free_port, received_ids, stored_results
+from conftest import REDIS_HOST, REDIS_PORT, celery_app, eventually, free_port, received_ids, stored_results
 
 TIMEOUT = 60
 def url(db, port=REDIS_PORT):
@@ -228,3 +228,34 @@ def test_autoretry_for_from_the_manifest_retries_then_fails_with_the_original_er
     with pytest.raises(Exception):
         other.get(timeout=TIMEOUT)
     assert received_ids(worker, "math.add").count(other.id) == 1
+
+
+def test_update_state_shows_progress_while_the_task_runs(db, make_worker):
+    make_worker(url(db), url(db))
+    app = celery_app(url(db), url(db))
+    result = app.send_task("math.progress", (20, 100))
+    seen = []
+
+    def progressed():
+        if result.state == "PROGRESS":
+            seen.append(result.info["current"])
+        return len(set(seen)) >= 3
+
+    assert eventually(progressed), f"progress seen: {seen}"
+    assert result.info["total"] == 20 and sorted(seen) == seen, "progress went backwards"
+    assert result.get(timeout=TIMEOUT) == 20
+    assert result.state == "SUCCESS"
+
+
+def test_far_off_etas_wait_in_the_broker_not_in_the_worker(db, make_worker):
+    worker = make_worker(url(db), url(db), "--concurrency", "1", "--prefetch-multiplier", "1", "--park-eta-after", "1")
+    app = celery_app(url(db), url(db))
+    sent = time.monotonic()
+    later = [app.send_task("math.add", (i, i), countdown=4) for i in range(10)]
+    worker.wait_for_log("parked in the broker")
+    # Held by the worker, one waiting task would fill its single reservation for 4 s.
+    assert app.send_task("math.add", (1, 1)).get(timeout=3) == 2
+    assert not any(r.ready() for r in later), "a parked task ran before its ETA"
+    assert [r.get(timeout=TIMEOUT) for r in later] == [2 * i for i in range(10)]
+    assert time.monotonic() - sent >= 3.9
+    assert redis.Redis(REDIS_HOST, REDIS_PORT, db).zcard("celeriac.eta") == 0

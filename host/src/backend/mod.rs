@@ -1,6 +1,8 @@
 //! Result backends. The worker sees a backend only through [`ResultBackend`].
 
+pub mod chord;
 pub mod redis;
+mod redis_chord;
 pub mod rpc;
 pub mod sql;
 mod sql_dialect;
@@ -12,6 +14,7 @@ use async_trait::async_trait;
 
 use crate::config::{BackendUrl, BrokerUrl};
 use crate::protocol::TaskResult;
+use chord::{ChordCounting, ChordJoin, ChordPart};
 use sql_dialect::Flavor;
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +54,27 @@ pub trait ResultBackend: Send + Sync {
     /// `reply_to` when it sends a task, declared and consumed from the first call on.
     async fn reply_to(&self) -> Result<Option<String>, BackendError> {
         Ok(None)
+    }
+
+    /// How chords complete on this backend.
+    fn chord_counting(&self) -> ChordCounting {
+        ChordCounting::Unlock
+    }
+
+    /// Register a chord of `size` header tasks before they are sent (native counting).
+    async fn start_chord(&self, _group_id: &str, _size: usize) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    /// Count a header task's stored outcome (native counting).
+    async fn chord_part_return(&self, _part: &ChordPart<'_>) -> Result<ChordJoin, BackendError> {
+        Ok(ChordJoin::Pending)
+    }
+
+    /// Give up the claim a `ChordJoin::Complete` handed out: the chord is over if its body
+    /// was sent, else the claim is freed for the header task's next delivery.
+    async fn release_chord(&self, _group_id: &str, _claim: &str, _body_sent: bool) -> Result<(), BackendError> {
+        Ok(())
     }
 
     /// The latest stored state of a task, if any.

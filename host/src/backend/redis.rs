@@ -9,6 +9,8 @@ use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
+use super::chord::{ChordCounting, ChordJoin, ChordPart};
+use super::redis_chord::RedisChords;
 use super::{BackendError, ResultBackend};
 use crate::broker::redis::connect;
 use crate::config::redact;
@@ -50,6 +52,7 @@ pub struct RedisBackend {
     /// `result_expires` in seconds; 0 keeps results forever.
     expires: u64,
     store: Script,
+    chords: RedisChords,
 }
 
 fn op(err: redis::RedisError) -> BackendError {
@@ -78,6 +81,7 @@ impl RedisBackend {
             conn,
             expires,
             store: Script::new(STORE),
+            chords: RedisChords::default(),
         })
     }
 }
@@ -97,6 +101,28 @@ impl ResultBackend for RedisBackend {
         }
         let _: i64 = invocation.invoke_async(&mut self.conn.clone()).await.map_err(op)?;
         Ok(())
+    }
+
+    fn chord_counting(&self) -> ChordCounting {
+        ChordCounting::Native
+    }
+
+    async fn start_chord(&self, group_id: &str, size: usize) -> Result<(), BackendError> {
+        self.chords
+            .start(&mut self.conn.clone(), group_id, size, self.expires)
+            .await
+    }
+
+    async fn chord_part_return(&self, part: &ChordPart<'_>) -> Result<ChordJoin, BackendError> {
+        self.chords
+            .part_return(&mut self.conn.clone(), part, self.expires)
+            .await
+    }
+
+    async fn release_chord(&self, group_id: &str, claim: &str, body_sent: bool) -> Result<(), BackendError> {
+        self.chords
+            .release(&mut self.conn.clone(), group_id, claim, body_sent)
+            .await
     }
 
     async fn get(&self, task_id: &str) -> Result<Option<TaskResult>, BackendError> {

@@ -18,6 +18,7 @@ use lapin::{Connection, ConnectionProperties};
 use serde_json::Map;
 use tokio::sync::{Notify, OnceCell};
 
+use super::chord::ChordCounting;
 use super::{BackendError, ResultBackend};
 use crate::broker::amqp::AmqpBroker;
 use crate::broker::Broker;
@@ -130,6 +131,10 @@ impl ResultBackend for RpcBackend {
 
     async fn reply_to(&self) -> Result<Option<String>, BackendError> {
         Ok(Some(self.replies().await?.queue.clone()))
+    }
+
+    fn chord_counting(&self) -> ChordCounting {
+        ChordCounting::Unsupported
     }
 
     async fn get(&self, task_id: &str) -> Result<Option<TaskResult>, BackendError> {

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
@@ -28,6 +29,7 @@ use serde_json::{Map, Number, Value};
 use tokio::sync::{mpsc, Mutex};
 
 use super::amqp_acks::AckLedger;
+use super::amqp_parking::DelayQueues;
 use super::{Broker, BrokerError, Delivery};
 use crate::batch::Batcher;
 use crate::config::redact;
@@ -121,6 +123,8 @@ pub struct AmqpBroker {
     next_tag: AtomicU64,
     acks: Acks,
     ack_batcher: Batcher<Held, BrokerError>,
+    /// Where messages with a far-off ETA wait (`amqp_parking`).
+    pub(super) delay_queues: DelayQueues,
 }
 
 pub(super) fn op(err: lapin::Error) -> BrokerError {
@@ -148,6 +152,7 @@ impl AmqpBroker {
             next_tag: AtomicU64::new(1),
             acks,
             ack_batcher,
+            delay_queues: DelayQueues::default(),
         };
         broker
             .channel()
@@ -161,7 +166,7 @@ impl AmqpBroker {
     }
 
     /// The live channel, reconnecting (and re-consuming) if the last one died.
-    async fn channel(&self) -> Result<Channel, BrokerError> {
+    pub(super) async fn channel(&self) -> Result<Channel, BrokerError> {
         let mut live = self.live.lock().await;
         if let Some(current) = live.as_ref() {
             if current.channel.status().connected() && current.connection.status().connected() {
@@ -315,7 +320,12 @@ impl AmqpBroker {
         }
     }
 
-    async fn publish_to(&self, exchange: &str, routing_key: &str, message: &Message) -> Result<(), BrokerError> {
+    pub(super) async fn publish_to(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: &Message,
+    ) -> Result<(), BrokerError> {
         let channel = self.channel().await?;
         let properties = properties_of(message);
         let confirm = channel
@@ -417,6 +427,10 @@ impl Broker for AmqpBroker {
             acks.ledger.rejected(held.channel_tag);
         }
         Ok(())
+    }
+
+    async fn park(&self, delivery: &Delivery, until: DateTime<Utc>) -> Result<bool, BrokerError> {
+        super::amqp_parking::park(self, delivery, until).await
     }
 
     async fn publish(&self, queue: &str, message: &Message) -> Result<(), BrokerError> {

@@ -8,9 +8,11 @@
 pub mod amqp;
 mod amqp_acks;
 mod amqp_control;
+mod amqp_parking;
 pub mod control;
 pub mod redis;
 mod redis_control;
+mod redis_parking;
 pub mod sqlite;
 pub mod sqs;
 pub mod virtual_transport;
@@ -21,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 use crate::config::BrokerUrl;
 use crate::protocol::Message;
@@ -91,6 +94,13 @@ pub trait Broker: Send + Sync {
     async fn ack(&self, delivery: &Delivery) -> Result<(), BrokerError>;
     /// Give the message back (`requeue`) or drop it.
     async fn reject(&self, delivery: &Delivery, requeue: bool) -> Result<(), BrokerError>;
+    /// Keep a message whose ETA is far off in the broker until then, and ack it here, so
+    /// no worker holds it (and no unacked delivery outlives RabbitMQ's
+    /// `consumer_timeout` or a visibility timeout). False if this broker cannot; the
+    /// worker then holds the message until its ETA.
+    async fn park(&self, _delivery: &Delivery, _until: DateTime<Utc>) -> Result<bool, BrokerError> {
+        Ok(false)
+    }
     /// Publish to a queue through the default exchange, as Celery clients do.
     async fn publish(&self, queue: &str, message: &Message) -> Result<(), BrokerError>;
     /// Publish to a fanout exchange: every subscriber gets a copy, none is stored.

@@ -21,6 +21,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use serde_json::Value;
 
+use super::redis_parking::RedisParking;
 use super::virtual_transport::{Store, StoreTag, Taken};
 use super::BrokerError;
 use crate::config::redact;
@@ -115,6 +116,7 @@ pub struct RedisStore {
     max_inspect: usize,
     claim_and_push: Script,
     release_lock: Script,
+    parking: RedisParking,
 }
 
 pub(super) fn connection_error(url: &str, err: redis::RedisError) -> BrokerError {
@@ -170,7 +172,7 @@ impl RedisStore {
             unacked: key("unacked_key", "unacked"),
             unacked_index: key("unacked_index_key", "unacked_index"),
             unacked_mutex: key("unacked_mutex_key", "unacked_mutex"),
-            prefix,
+            prefix: prefix.clone(),
             pop_and_record: Script::new(POP_AND_RECORD),
             max_inspect: options
                 .get("max_message_size")
@@ -178,6 +180,7 @@ impl RedisStore {
                 .unwrap_or(16 << 20),
             claim_and_push: Script::new(CLAIM_AND_PUSH),
             release_lock: Script::new(RELEASE_LOCK),
+            parking: RedisParking::new(&prefix),
         })
     }
 
@@ -300,6 +303,18 @@ impl Store for RedisStore {
             .await
             .map_err(op)?;
         Ok(())
+    }
+
+    async fn park(&self, queue: &str, payload: &str, priority: u8, until: f64) -> Result<bool, BrokerError> {
+        let list = self.list_key(queue, step_of(priority));
+        self.parking
+            .park(&mut self.commands.clone(), &list, payload, until)
+            .await?;
+        Ok(true)
+    }
+
+    async fn unpark_due(&self) -> Result<u64, BrokerError> {
+        self.parking.unpark_due(&mut self.commands.clone()).await
     }
 
     async fn take(&self, queues: &[String], max: usize, block: Duration) -> Result<Vec<Taken>, BrokerError> {

@@ -10,9 +10,10 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 use super::{Broker, BrokerError, Delivery};
 use crate::batch::Batcher;
@@ -32,6 +33,9 @@ pub struct Taken {
 /// Largest message accepted; a bigger one is rejected unread (a 50 MB body is far more
 /// likely an accident or an attack than a task). Transport option `max_message_size`.
 const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 << 20;
+
+/// How often parked messages are checked for being due: the precision of a parked ETA.
+const UNPARK_EVERY: Duration = Duration::from_millis(250);
 
 /// Most acks written in one round trip.
 const ACK_BATCH: usize = 512;
@@ -61,6 +65,17 @@ pub trait Store: Send + Sync + 'static {
     async fn restore_expired(&self, timeout: Duration) -> Result<u64, BrokerError>;
     async fn purge(&self, queue: &str) -> Result<u64, BrokerError>;
 
+    /// Keep a message until `until` (Unix seconds), then put it back on `queue`; false if
+    /// this store cannot (the worker then holds the message itself).
+    async fn park(&self, _queue: &str, _payload: &str, _priority: u8, _until: f64) -> Result<bool, BrokerError> {
+        Ok(false)
+    }
+
+    /// Put back the parked messages that are due; how many.
+    async fn unpark_due(&self) -> Result<u64, BrokerError> {
+        Ok(0)
+    }
+
     /// Publish to every subscriber of a fanout exchange (events, remote control).
     async fn fanout(&self, exchange: &str, _routing_key: &str, _payload: &str) -> Result<(), BrokerError> {
         Err(BrokerError::Operation(format!(
@@ -89,6 +104,8 @@ pub struct VirtualBroker<S: Store> {
     next_tag: AtomicU64,
     rotation: AtomicUsize,
     max_message_size: usize,
+    /// When parked messages were last checked for being due.
+    last_unpark: Mutex<Instant>,
 }
 
 /// A transport option in seconds (`visibility_timeout=30`, `polling_interval=0.1`).
@@ -137,9 +154,27 @@ impl<S: Store> VirtualBroker<S> {
             next_tag: AtomicU64::new(1),
             rotation: AtomicUsize::new(0),
             max_message_size,
+            last_unpark: Mutex::new(Instant::now()),
         });
         tokio::spawn(keep_leases(Arc::downgrade(&broker), visibility_timeout));
         Ok(broker)
+    }
+
+    /// Put parked messages that are due back on their queues, at most once per
+    /// [`UNPARK_EVERY`] whichever worker call comes first.
+    async fn unpark_when_due(&self) {
+        {
+            let mut last = self.last_unpark.lock().unwrap_or_else(|e| e.into_inner());
+            if last.elapsed() < UNPARK_EVERY {
+                return;
+            }
+            *last = Instant::now();
+        }
+        match self.store.unpark_due().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(count = n, "parked messages are due; back on their queues"),
+            Err(err) => tracing::warn!(error = %err, "cannot move due parked messages back to their queues"),
+        }
     }
 
     fn reserved(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Reserved>> {
@@ -246,6 +281,7 @@ impl<S: Store> Broker for VirtualBroker<S> {
     }
 
     async fn receive(&self, queues: &[String], max: usize, wait: Duration) -> Result<Vec<Delivery>, BrokerError> {
+        self.unpark_when_due().await;
         let mut out = Vec::new();
         if queues.is_empty() || max == 0 {
             return Ok(out);
@@ -267,6 +303,20 @@ impl<S: Store> Broker for VirtualBroker<S> {
         } else {
             self.store.delete(&reserved.store_tag).await
         }
+    }
+
+    async fn park(&self, delivery: &Delivery, until: DateTime<Utc>) -> Result<bool, BrokerError> {
+        let until = until.timestamp_millis() as f64 / 1000.0;
+        let payload = delivery.message.to_envelope_json();
+        if !self
+            .store
+            .park(&delivery.queue, &payload, delivery.message.properties.priority, until)
+            .await?
+        {
+            return Ok(false);
+        }
+        self.ack(delivery).await?;
+        Ok(true)
     }
 
     async fn publish(&self, queue: &str, message: &Message) -> Result<(), BrokerError> {

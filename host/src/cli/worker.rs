@@ -22,6 +22,19 @@ use crate::{backend, broker};
 /// tasks here, 16 ran 10–12.6k tasks/s against 7.4–7.9k with 4.
 pub const DEFAULT_PREFETCH_MULTIPLIER: usize = 16;
 
+/// Seconds to an ETA beyond which a task is parked in the broker: short enough that a
+/// burst of countdowns cannot hold a worker's reservations for long, long enough that
+/// the usual retry countdown of a few seconds is simply held.
+pub const DEFAULT_PARK_ETA_AFTER: f64 = 10.0;
+
+/// `--park-eta-after`: 0 turns parking off.
+fn park_after(seconds: f64) -> anyhow::Result<Option<std::time::Duration>> {
+    if !seconds.is_finite() || seconds < 0.0 {
+        anyhow::bail!("--park-eta-after {seconds} must be a number of seconds, 0 or more");
+    }
+    Ok((seconds > 0.0).then(|| std::time::Duration::from_secs_f64(seconds.max(1.0))))
+}
+
 /// The plugin folder when none is given.
 pub const DEFAULT_PLUGINS: &str = "plugins.d";
 
@@ -54,6 +67,11 @@ pub struct WorkerArgs {
     /// File that keeps revoked task ids across restarts, as Celery's `--statedb`.
     #[arg(long = "statedb", env = "CELERIAC_STATEDB")]
     pub state_db: Option<PathBuf>,
+    /// Tasks whose ETA is more than this many seconds away are kept in the broker until
+    /// then (RabbitMQ delay queues, a Redis sorted set) instead of by the worker, where
+    /// they would hold a reservation and an unacked delivery (default 10; 0 never parks).
+    #[arg(long, env = "CELERIAC_PARK_ETA_AFTER")]
+    pub park_eta_after: Option<f64>,
     /// Send a trace span per task to this OpenTelemetry collector (OTLP over HTTP, e.g.
     /// http://127.0.0.1:4318). Off by default.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
@@ -99,6 +117,11 @@ pub async fn run(common: &CommonArgs, file: &FileConfig, args: WorkerArgs) -> an
         broker_url: connection.broker_url.clone(),
         backend_url: connection.backend_url.clone(),
         state_db: args.state_db.or_else(|| file.statedb.clone()),
+        park_eta_after: park_after(
+            args.park_eta_after
+                .or(file.park_eta_after)
+                .unwrap_or(DEFAULT_PARK_ETA_AFTER),
+        )?,
     };
 
     let runtime = Arc::new(Runtime::new(concurrency, default_cache_dir())?);

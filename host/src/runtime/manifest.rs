@@ -30,6 +30,9 @@ pub struct Manifest {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TaskOptions {
+    /// The queue this task is sent to when this worker sends it (a chain step, a
+    /// callback, a chord body) and its signature names none, as Celery's `Task.queue`.
+    pub queue: Option<String>,
     /// Celery's rate limit for this task on each worker: `"10/s"`, `"100/m"`, `"1000/h"`.
     pub rate_limit: Option<String>,
     /// Celery's `autoretry_for`: exception type names (`"ValueError"`) that make a failure

@@ -10,6 +10,7 @@
 
 mod admission;
 mod canvas;
+mod chord;
 mod clock;
 mod control;
 mod events;
@@ -65,6 +66,8 @@ pub struct WorkerConfig {
     pub backend_url: String,
     /// Where revoked task ids are kept across restarts (Celery's `--statedb`).
     pub state_db: Option<std::path::PathBuf>,
+    /// Park a task in the broker when its ETA is further off than this.
+    pub park_eta_after: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::canvas::{self, CanvasError, FollowUp};
-use super::events;
+use super::canvas::{self, FollowUp, Step, Steps};
 use super::Shared;
+use super::{chord, events};
 use crate::broker::Delivery;
 use crate::protocol::result::{Extended, ReplyTo};
 use crate::protocol::time::from_now;
@@ -73,23 +73,60 @@ pub(super) async fn store_then_settle(
     store_publish_then_settle(shared, delivery, request, result, Vec::new(), after, Usage::default()).await;
 }
 
-/// Store `result`, publish what the task sets off (chain, callbacks), then settle. A
-/// failure to store or to publish requeues the message: the task runs again (its stored
-/// SUCCESS is kept) rather than lose its result or the rest of its workflow.
+/// Store `result`, count it in its chord, publish what the task sets off (chain,
+/// callbacks, a chord's body), then settle. A failure to store or to publish requeues
+/// the message: the task runs again (its stored SUCCESS is kept, its chord counts it
+/// once) rather than lose its result or the rest of its workflow.
 async fn store_publish_then_settle(
     shared: &Shared,
     delivery: &Delivery,
     request: &TaskRequest,
     result: TaskResult,
-    follow_ups: Vec<Result<FollowUp, CanvasError>>,
+    follow_ups: Steps,
     after: Settle,
     usage: Usage,
 ) {
     shared.status.metrics.finished(&request.name, result.state.as_str());
     events::task_outcome(&shared.events, &result, usage);
-    let done = store(shared, request, result).await && publish(shared, request, follow_ups).await;
+    let done = store_and_publish(shared, request, result, follow_ups).await;
     let after = if done { after } else { Settle::Reject { requeue: true } };
     settle(shared, delivery, after).await;
+}
+
+async fn store_and_publish(shared: &Shared, request: &TaskRequest, result: TaskResult, follow_ups: Steps) -> bool {
+    let chord_part = request
+        .embed
+        .chord
+        .is_some()
+        .then(|| (result.state.clone(), result.result.clone()));
+    if !store(shared, request, result).await {
+        return false;
+    }
+    let completion = match chord_part {
+        Some((state, value)) => match chord::part_returned(shared, request, state, &value).await {
+            Ok(completion) => completion,
+            Err(err) => {
+                tracing::error!(task_id = %request.id, group_id = ?request.group, error = %err,
+                    "cannot count the task in its chord; returning the message to the queue");
+                return false;
+            }
+        },
+        None => None,
+    };
+    if !publish(shared, request, follow_ups).await {
+        if let Some((completion, _)) = &completion {
+            chord::release(shared, completion, false).await;
+        }
+        return false;
+    }
+    match completion {
+        Some((completion, body)) => {
+            let sent = publish(shared, request, body).await;
+            chord::release(shared, &completion, sent).await;
+            sent
+        }
+        None => true,
+    }
 }
 
 /// Store with bounded retries; false if the backend stayed unreachable.
@@ -118,17 +155,21 @@ async fn store(shared: &Shared, request: &TaskRequest, result: TaskResult) -> bo
 /// Publish a task's follow-ups; false if the broker refused one (the message is then
 /// requeued). A signature that cannot be sent is logged and skipped: running the task
 /// again would not mend it.
-async fn publish(shared: &Shared, request: &TaskRequest, follow_ups: Vec<Result<FollowUp, CanvasError>>) -> bool {
+pub(super) async fn publish(shared: &Shared, request: &TaskRequest, follow_ups: Steps) -> bool {
     for follow_up in follow_ups {
         match follow_up {
-            Ok(FollowUp {
-                queue,
-                request: mut next,
-            }) => {
-                next.origin = Some(shared.config.hostname.clone());
-                if let Err(err) = shared.broker.publish(&queue, &next.encode()).await {
-                    tracing::error!(task_id = %request.id, next = %next.name, error = %err,
+            Ok(Step::Publish(follow_up)) => {
+                let next = follow_up.request.name.clone();
+                if let Err(err) = send(shared, follow_up).await {
+                    tracing::error!(task_id = %request.id, next = %next, error = %err,
                         "cannot publish the next step; returning the message to the queue");
+                    return false;
+                }
+            }
+            Ok(Step::StartChord(start)) => {
+                if let Err(err) = chord::start(shared, &start).await {
+                    tracing::error!(task_id = %request.id, group_id = %start.group_id, error = %err,
+                        "cannot start a chord; returning the message to the queue");
                     return false;
                 }
             }
@@ -138,6 +179,24 @@ async fn publish(shared: &Shared, request: &TaskRequest, follow_ups: Vec<Result<
         }
     }
     true
+}
+
+/// Publish a task this worker sends, to the queue its signature names, else to the
+/// queue its plugin's manifest gives the task, else to Celery's default queue.
+pub(super) async fn send(shared: &Shared, follow_up: FollowUp) -> Result<(), crate::broker::BrokerError> {
+    let FollowUp { queue, mut request } = follow_up;
+    let queue = queue
+        .or_else(|| {
+            let plugin = shared.runtime.registry.lookup(&request.name)?;
+            plugin.manifest.tasks.get(&request.name)?.queue.clone()
+        })
+        .unwrap_or_else(|| canvas::DEFAULT_QUEUE.to_owned());
+    request.origin = Some(shared.config.hostname.clone());
+    request.delivery_info = crate::protocol::DeliveryInfo {
+        exchange: String::new(),
+        routing_key: queue.clone(),
+    };
+    shared.broker.publish(&queue, &request.encode()).await
 }
 
 /// Report what came of running a task.

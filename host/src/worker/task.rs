@@ -9,7 +9,7 @@ use serde_json::Map;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::Shared;
-use super::{admission, events, report};
+use super::{admission, chord, events, report};
 use crate::broker::Delivery;
 use crate::protocol::{ExceptionInfo, State, TaskRequest, TaskResult};
 use crate::runtime::Invocation;
@@ -39,11 +39,6 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
     shared
         .events
         .task("task-received", id, || events::received_fields(&request));
-    if request.embed.chord.is_some() {
-        // Said loudly rather than dropped silently until chord support lands.
-        tracing::warn!(task_id = %id, task = %name,
-            "Task {name}[{id}] is part of a chord, whose body this version does not run yet");
-    }
 
     if discard_if_revoked(shared, &delivery, &request, plugin_name).await
         || discard_if_expired(shared, &delivery, &request, plugin_name).await
@@ -51,7 +46,9 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
         return;
     }
 
-    let Some(plugin) = plugin.as_ref() else {
+    // Celery's own chord-polling task needs no plugin.
+    let builtin = name == chord::CHORD_UNLOCK;
+    if plugin.is_none() && !builtin {
         tracing::error!(task_id = %id, task = %name,
             "Received unregistered task of type {name:?}. The message has been ignored and discarded.");
         let exc = ExceptionInfo::new("NotRegistered", "celery.exceptions", name);
@@ -66,10 +63,15 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
         )
         .await;
         return;
-    };
+    }
 
     if let Some(eta) = request.eta {
         let wait = (eta - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        if shared.config.park_eta_after.is_some_and(|after| wait > after)
+            && park(shared, &delivery, &request, eta).await
+        {
+            return;
+        }
         if !wait.is_zero() {
             // Waiting for the ETA does not occupy a slot.
             slot = None;
@@ -85,6 +87,12 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
             return;
         }
     }
+
+    let Some(plugin) = plugin.as_ref() else {
+        // No plugin past the check above: the built-in task, which only does I/O.
+        chord::unlock(shared, &delivery, &request).await;
+        return;
+    };
 
     if let Some(rate) = shared.overrides.rate_limit(name, plugin.manifest.rate_limit(name)) {
         let wait = shared.rate_limits.take_turn(name, rate);
@@ -153,6 +161,23 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
         return;
     };
     report::outcome(shared, &delivery, &request, plugin, ran.outcome, ran.usage).await;
+}
+
+/// Hand a task with a far-off ETA to the broker to keep until then; false if it stays here.
+async fn park(shared: &Shared, delivery: &Delivery, request: &TaskRequest, eta: chrono::DateTime<Utc>) -> bool {
+    let (id, name) = (request.id.as_str(), request.name.as_str());
+    match shared.broker.park(delivery, eta).await {
+        Ok(parked) => {
+            if parked {
+                tracing::info!(task_id = %id, task = %name, eta = %eta, "Task {name}[{id}] parked in the broker until its ETA");
+            }
+            parked
+        }
+        Err(err) => {
+            tracing::warn!(task_id = %id, task = %name, error = %err, "cannot park the task in the broker; holding it until its ETA");
+            false
+        }
+    }
 }
 
 /// A revoked task is not run: REVOKED is stored and the message acked, as Celery does.

@@ -17,6 +17,12 @@ fn mul(x: i64, y: i64) -> i64 {
     x.wrapping_mul(y)
 }
 
+/// Sum a list of integers: a chord body that adds up its header's results.
+#[task]
+fn tsum(numbers: Vec<i64>) -> i64 {
+    numbers.iter().fold(0, |sum, n| sum.wrapping_add(*n))
+}
+
 /// Divide x by y; raises ZeroDivisionError when y is 0.
 #[task]
 fn div(x: f64, y: f64) -> Result<f64, TaskError> {
@@ -56,6 +62,17 @@ fn spin(ms: u64) -> u64 {
     ms
 }
 
+/// Count to `steps`, spending `ms` milliseconds on each and reporting a PROGRESS state
+/// (`{"current": i, "total": steps}`) before each, as Celery's `update_state` does.
+#[task]
+fn progress(steps: u32, ms: u64) -> u32 {
+    for current in 0..steps {
+        celeriac_sdk::update_state("PROGRESS", &json!({"current": current, "total": steps}));
+        spin(ms);
+    }
+    steps
+}
+
 /// Return [args, kwargs] exactly as received.
 #[task]
 fn echo(args: Args, kwargs: Kwargs) -> Value {
@@ -79,4 +96,4 @@ fn panic() -> Value {
     panic!("math.panic was called: panicking on purpose")
 }
 
-celeriac_sdk::export!(add, mul, div, fib, spin, echo, alloc, panic);
+celeriac_sdk::export!(add, mul, tsum, div, fib, spin, progress, echo, alloc, panic);
