@@ -259,3 +259,45 @@ def test_far_off_etas_wait_in_the_broker_not_in_the_worker(db, make_worker):
     assert [r.get(timeout=TIMEOUT) for r in later] == [2 * i for i in range(10)]
     assert time.monotonic() - sent >= 3.9
     assert redis.Redis(REDIS_HOST, REDIS_PORT, db).zcard("celeriac.eta") == 0
+
+
+def test_acks_late_false_in_the_manifest_acks_as_the_task_starts(db, make_worker, tmp_path):
+    (tmp_path / "plugins.d").mkdir(exist_ok=True)
+    (tmp_path / "plugins.d" / "math.toml").write_text('[tasks."math.spin"]\nacks_late = false\n')
+    worker = make_worker(url(db), url(db))
+    app = celery_app(url(db), url(db))
+    early = app.send_task("math.spin", (3000,))
+    late = app.send_task("math.progress", (30, 100))
+    client = redis.Redis(REDIS_HOST, REDIS_PORT, db)
+
+    def both_running():
+        log = worker.log()
+        return f"math.spin[{early.id}]" in log and late.state == "PROGRESS"
+
+    assert eventually(both_running)
+    time.sleep(0.3)  # acks are written in batches, a moment later
+    unacked = [json.loads(v)[0]["headers"]["id"] for v in client.hvals("unacked")]
+    assert unacked == [late.id], "only the late-acked task stays unacked while it runs"
+    # Killed mid-task, the early-acked task is gone; the late-acked one runs again.
+    worker.kill()
+    make_worker(url(db), url(db), "--broker-transport-option", "visibility_timeout=1")
+    assert late.get(timeout=TIMEOUT) == 30
+    time.sleep(2)
+    assert early.state == "PENDING"
+
+
+def test_a_rate_limit_across_workers_holds_for_the_whole_fleet(db, make_worker, tmp_path):
+    (tmp_path / "plugins.d").mkdir(exist_ok=True)
+    (tmp_path / "plugins.d" / "math.toml").write_text(
+        '[tasks."math.add"]\nrate_limit = "5/s"\nrate_limit_across_workers = true\n')
+    # One message at a time each, so both workers take part.
+    one_at_a_time = ("--concurrency", "1", "--prefetch-multiplier", "1")
+    workers = [make_worker(url(db), url(db), *one_at_a_time) for _ in range(2)]
+    app = celery_app(url(db), url(db))
+    began = time.monotonic()
+    results = [app.send_task("math.add", (i, 0)) for i in range(10)]
+    assert [r.get(timeout=TIMEOUT) for r in results] == list(range(10))
+    assert all(received_ids(worker, "math.add") for worker in workers), "one worker did all the work"
+    # Ten starts at 5/s across the fleet: nine intervals of 0.2 s (each worker alone at
+    # 5/s would have taken half that).
+    assert time.monotonic() - began >= 1.8

@@ -119,7 +119,7 @@ pub struct RedisStore {
     parking: RedisParking,
 }
 
-pub(super) fn connection_error(url: &str, err: redis::RedisError) -> BrokerError {
+pub fn connection_error(url: &str, err: redis::RedisError) -> BrokerError {
     BrokerError::Connection(format!("cannot connect to Redis at {}: {err}", redact(url)))
 }
 

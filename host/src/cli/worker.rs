@@ -11,11 +11,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use super::CommonArgs;
-use crate::config::{default_hostname, FileConfig};
+use crate::config::{default_hostname, BackendUrl, BrokerUrl, FileConfig};
 use crate::http::Status;
 use crate::runtime::{cache::default_cache_dir, watcher, Runtime};
 use crate::telemetry::Telemetry;
-use crate::worker::{Worker, WorkerConfig};
+use crate::worker::{SharedRateLimits, Worker, WorkerConfig};
 use crate::{backend, broker};
 
 /// Reserved messages per slot. Celery's default is 4; measured on a Redis drain of short
@@ -167,6 +167,16 @@ pub async fn run(common: &CommonArgs, file: &FileConfig, args: WorkerArgs) -> an
     };
     let stop = Arc::new(watch::channel(false).0);
     tokio::spawn(handle_signals(stop.clone()));
+    let shared_rate_limits = match (&connection.broker, &connection.backend) {
+        (BrokerUrl::Redis(url), _) | (_, BackendUrl::Redis(url)) => match SharedRateLimits::connect(url).await {
+            Ok(limits) => Some(Arc::new(limits)),
+            Err(err) => {
+                tracing::warn!(error = %err, "rate limits across workers are off: cannot reach Redis");
+                None
+            }
+        },
+        _ => None,
+    };
     let worker = Worker {
         config,
         broker,
@@ -175,6 +185,7 @@ pub async fn run(common: &CommonArgs, file: &FileConfig, args: WorkerArgs) -> an
         runtime,
         status,
         telemetry,
+        shared_rate_limits,
     };
     worker.run(stop).await?;
     Ok(ExitCode::SUCCESS)

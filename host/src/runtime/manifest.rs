@@ -33,8 +33,15 @@ pub struct TaskOptions {
     /// The queue this task is sent to when this worker sends it (a chain step, a
     /// callback, a chord body) and its signature names none, as Celery's `Task.queue`.
     pub queue: Option<String>,
+    /// Ack the message only once the outcome is stored (default true). `false` acks it as
+    /// the task starts, as Celery does by default: a worker that dies mid-task loses it
+    /// instead of running it again; for tasks that must never run twice.
+    pub acks_late: Option<bool>,
     /// Celery's rate limit for this task on each worker: `"10/s"`, `"100/m"`, `"1000/h"`.
     pub rate_limit: Option<String>,
+    /// Make `rate_limit` hold across all workers instead of on each (needs Redis as broker
+    /// or result backend; Celery has only per-worker limits).
+    pub rate_limit_across_workers: Option<bool>,
     /// Celery's `autoretry_for`: exception type names (`"ValueError"`) that make a failure
     /// a retry, up to `max_retries`.
     #[serde(default)]
@@ -186,6 +193,19 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+
+    /// Whether `task`'s rate limit holds across all workers.
+    pub fn rate_limit_across_workers(&self, task: &str) -> bool {
+        self.tasks
+            .get(task)
+            .and_then(|o| o.rate_limit_across_workers)
+            .unwrap_or(false)
+    }
+
+    /// Whether `task` is acked only after its outcome is stored.
+    pub fn acks_late(&self, task: &str) -> bool {
+        self.tasks.get(task).and_then(|o| o.acks_late).unwrap_or(true)
     }
 
     /// The rate limit of `task`, in tasks per second, if it has one.

@@ -19,6 +19,7 @@ mod overrides;
 mod rate_limit;
 mod report;
 mod revoked;
+mod shared_rate_limit;
 mod task;
 mod tracker;
 
@@ -38,6 +39,7 @@ use crate::runtime::Runtime;
 use crate::telemetry::Telemetry;
 
 pub use executor::ExecutorPool;
+pub use shared_rate_limit::SharedRateLimits;
 
 /// Most results written in one round trip.
 const RESULT_BATCH: usize = 256;
@@ -91,6 +93,8 @@ struct Shared {
     gate: admission::Gate,
     /// Per-task rate limits from the plugins' manifests.
     rate_limits: rate_limit::RateLimits,
+    /// Rate limits across all workers, where a Redis is at hand.
+    shared_rate_limits: Option<Arc<SharedRateLimits>>,
     /// Readiness and metrics, served on the status port.
     status: Arc<Status>,
     /// Flips to true when a warm shutdown starts.
@@ -186,6 +190,8 @@ pub struct Worker {
     pub status: Arc<Status>,
     /// OpenTelemetry spans, when an OTLP endpoint is configured.
     pub telemetry: Option<Arc<Telemetry>>,
+    /// Fleet-wide rate limits, on the broker's or the result backend's Redis.
+    pub shared_rate_limits: Option<Arc<SharedRateLimits>>,
 }
 
 impl Worker {
@@ -212,6 +218,7 @@ impl Worker {
             executors,
             gate: admission::Gate::new(concurrency, prefetch),
             rate_limits: rate_limit::RateLimits::default(),
+            shared_rate_limits: self.shared_rate_limits.clone(),
             status: self.status.clone(),
             stopping: stopping.clone(),
             stop,

@@ -70,7 +70,16 @@ pub(super) async fn store_then_settle(
     result: TaskResult,
     after: Settle,
 ) {
-    store_publish_then_settle(shared, delivery, request, result, Vec::new(), after, Usage::default()).await;
+    store_publish_then_settle(
+        shared,
+        delivery,
+        request,
+        result,
+        Vec::new(),
+        Some(after),
+        Usage::default(),
+    )
+    .await;
 }
 
 /// Store `result`, count it in its chord, publish what the task sets off (chain,
@@ -83,14 +92,19 @@ async fn store_publish_then_settle(
     request: &TaskRequest,
     result: TaskResult,
     follow_ups: Steps,
-    after: Settle,
+    after: Option<Settle>,
     usage: Usage,
 ) {
     shared.status.metrics.finished(&request.name, result.state.as_str());
     events::task_outcome(&shared.events, &result, usage);
     let done = store_and_publish(shared, request, result, follow_ups).await;
-    let after = if done { after } else { Settle::Reject { requeue: true } };
-    settle(shared, delivery, after).await;
+    match (done, after) {
+        (true, Some(after)) => settle(shared, delivery, after).await,
+        (false, Some(_)) => settle(shared, delivery, Settle::Reject { requeue: true }).await,
+        (true, None) => {}
+        (false, None) => tracing::error!(task_id = %request.id, task = %request.name,
+            "the task was acked as it started (acks_late = false): its result or follow-ups are lost"),
+    }
 }
 
 async fn store_and_publish(shared: &Shared, request: &TaskRequest, result: TaskResult, follow_ups: Steps) -> bool {
@@ -199,7 +213,8 @@ pub(super) async fn send(shared: &Shared, follow_up: FollowUp) -> Result<(), cra
     shared.broker.publish(&queue, &request.encode()).await
 }
 
-/// Report what came of running a task.
+/// Report what came of running a task, then settle its message as `settle` says (`None`:
+/// it was acked as it started).
 pub(super) async fn outcome(
     shared: &Shared,
     delivery: &Delivery,
@@ -207,6 +222,7 @@ pub(super) async fn outcome(
     plugin: &PluginVersion,
     outcome: Outcome,
     usage: Usage,
+    settle_with: Option<Settle>,
 ) {
     let (id, name) = (request.id.as_str(), request.name.as_str());
     let options = plugin.manifest.tasks.get(name);
@@ -266,7 +282,9 @@ pub(super) async fn outcome(
                 fields.insert("requeue".into(), Value::Bool(requeue));
                 fields
             });
-            settle(shared, delivery, Settle::Reject { requeue }).await;
+            if settle_with.is_some() {
+                settle(shared, delivery, Settle::Reject { requeue }).await;
+            }
             return;
         }
         Outcome::Terminated => {
@@ -308,6 +326,7 @@ pub(super) async fn outcome(
             peak_memory: usage.peak_memory,
         });
     }
+    let after = settle_with.map(|_| after);
     store_publish_then_settle(shared, delivery, request, result, follow_ups, after, usage).await;
 }
 

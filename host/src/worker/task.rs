@@ -95,7 +95,7 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
     };
 
     if let Some(rate) = shared.overrides.rate_limit(name, plugin.manifest.rate_limit(name)) {
-        let wait = shared.rate_limits.take_turn(name, rate);
+        let wait = take_turn(shared, name, rate, plugin.manifest.rate_limit_across_workers(name)).await;
         if !wait.is_zero() {
             // Waiting for its turn does not occupy a slot either.
             slot = None;
@@ -139,6 +139,11 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
         invocation.time_limit = invocation.time_limit.or(hard);
         invocation.soft_time_limit = invocation.soft_time_limit.or(soft);
     }
+    // `acks_late = false` in the manifest: acked as it starts, as Celery's default is.
+    let acked_early = !plugin.manifest.acks_late(name);
+    if acked_early {
+        report::settle(shared, &delivery, report::Settle::Ack).await;
+    }
     tracked.started(invocation.cancel.clone());
     shared.events.task("task-started", id, Map::new);
     shared.gate.started(delivery.tag);
@@ -157,10 +162,31 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
     drop(slot);
     let Some(ran) = ran else {
         tracing::debug!(task_id = %request.id, "no executor free in time; handing the message back");
-        report::settle(shared, &delivery, report::Settle::Reject { requeue: true }).await;
+        if !acked_early {
+            report::settle(shared, &delivery, report::Settle::Reject { requeue: true }).await;
+        } else if let Err(err) = shared.broker.publish(&delivery.queue, &delivery.message).await {
+            tracing::error!(task_id = %request.id, error = %err, "cannot hand back an early-acked message; the task is lost");
+        }
         return;
     };
-    report::outcome(shared, &delivery, &request, plugin, ran.outcome, ran.usage).await;
+    let after = (!acked_early).then_some(report::Settle::Ack);
+    report::outcome(shared, &delivery, &request, plugin, ran.outcome, ran.usage, after).await;
+}
+
+/// Wait for a turn under the task's rate limit: fleet-wide if asked and Redis is at hand,
+/// else on this worker (also when Redis fails, rather than hold the task).
+async fn take_turn(shared: &Shared, name: &str, rate: f64, across_workers: bool) -> Duration {
+    match (&shared.shared_rate_limits, across_workers) {
+        (Some(shared_limits), true) => match shared_limits.take_turn(name, rate).await {
+            Ok(wait) => return wait,
+            Err(err) => {
+                tracing::warn!(task = %name, error = %err, "cannot take a fleet-wide turn; limiting on this worker")
+            }
+        },
+        (None, true) => tracing::debug!(task = %name, "rate_limit_across_workers needs Redis; limiting on this worker"),
+        _ => {}
+    }
+    shared.rate_limits.take_turn(name, rate)
 }
 
 /// Hand a task with a far-off ETA to the broker to keep until then; false if it stays here.
