@@ -8,6 +8,7 @@ CELERIAC_PLUGIN_DIR.
 import itertools
 import json
 import os
+import sys
 import shutil
 import signal
 import socket
@@ -20,6 +21,8 @@ import redis
 from celery import Celery
 
 ROOT = Path(__file__).resolve().parents[2]
+# The client helpers (`celeriac_celery`) that the tests use as a user would.
+sys.path.insert(0, str(ROOT / "sdk" / "celery"))
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
 BIN = Path(os.environ.get("CELERIAC_BIN", TARGET / "release" / "celeriac"))
 PLUGINS = Path(os.environ.get("CELERIAC_PLUGIN_DIR", TARGET / "plugins"))

@@ -12,7 +12,10 @@ import amqp
 import pytest
 import redis
 from billiard.exceptions import TimeLimitExceeded
+from celery import chord, group
+from celery.exceptions import ChordError
 
+from celeriac_celery import enable_rpc_chords
 from conftest import REDIS_HOST, REDIS_PORT, celery_app, eventually, received_ids, stored_results
 
 BROKER = "amqp://guest:guest@127.0.0.1:5672//"
@@ -155,3 +158,24 @@ def test_far_off_etas_wait_in_rabbitmq_delay_queues(queue, db, make_worker):
     assert not any(r.ready() for r in later), "a parked task ran before its ETA"
     assert [r.get(timeout=TIMEOUT) for r in later] == [2 * i for i in range(10)]
     assert time.monotonic() - sent >= 4.9
+
+
+def test_chords_on_rpc_which_celery_cannot_run(queue, make_worker):
+    make_worker(BROKER, "rpc://", "-Q", queue)
+    app = enable_rpc_chords(celery_app(BROKER, "rpc://"))
+    add = lambda *args: app.signature("math.add", args, queue=queue)  # noqa: E731
+    tsum = app.signature("math.tsum", queue=queue)
+    # A chord sent by the client, and one the worker starts (a group followed by a task
+    # inside a chain).
+    assert chord([add(i, i) for i in range(100)], tsum).apply_async().get(timeout=TIMEOUT) == 9900
+    header = group(add(i) for i in range(100))
+    assert (add(0, 0) | header | tsum).apply_async().get(timeout=TIMEOUT) == 4950
+    failing = (add(1, 1) | group(add(1), app.signature("math.div", (0,), queue=queue)) | tsum).apply_async()
+    # Not the header's own error, which Celery's client raises first when it follows parents.
+    with pytest.raises(ChordError, match="ZeroDivisionError"):
+        failing.get(timeout=TIMEOUT, follow_parents=False)
+    # The count queues are gone once each body is sent.
+    with amqp.Connection("127.0.0.1:5672", userid="guest", password="guest") as conn:
+        channel = conn.channel()
+        with pytest.raises(amqp.exceptions.NotFound):
+            channel.queue_declare(f"celeriac.chord.{failing.parent.id}", passive=True)

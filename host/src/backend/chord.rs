@@ -3,8 +3,8 @@
 //! Redis counts natively: each header task adds its outcome to
 //! `celery-taskset-meta-<group>.j` and the one that makes the count reach the size in
 //! `.s` runs the body. The other stores rely on Celery's `celery.chord_unlock` task,
-//! which polls the header results until all are ready. `rpc://` cannot do either: its
-//! results live only in the sending client's reply queue.
+//! which polls the header results until all are ready. `rpc://` counts in RabbitMQ
+//! (`rpc_chord`), which Celery cannot do at all.
 
 use serde_json::Value;
 
@@ -17,8 +17,6 @@ pub enum ChordCounting {
     Native,
     /// A `celery.chord_unlock` task polls the header results.
     Unlock,
-    /// Chords cannot complete on this backend.
-    Unsupported,
 }
 
 /// One header task's outcome.
@@ -26,6 +24,9 @@ pub struct ChordPart<'a> {
     pub group_id: &'a str,
     pub task_id: &'a str,
     pub group_index: Option<u64>,
+    /// The number of header tasks, when the message carries it (`chord_size` in the
+    /// body's options, set on chords Celeriac starts); Redis keeps its own.
+    pub size: Option<usize>,
     pub state: State,
     /// The result, or the exception dict of a failure.
     pub result: &'a Value,

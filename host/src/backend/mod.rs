@@ -4,6 +4,7 @@ pub mod chord;
 pub mod redis;
 mod redis_chord;
 pub mod rpc;
+mod rpc_chord;
 pub mod sql;
 mod sql_dialect;
 
@@ -107,7 +108,7 @@ pub async fn open(
 ) -> Result<Arc<dyn ResultBackend>, BackendError> {
     match url {
         BackendUrl::Rpc => match broker {
-            BrokerUrl::Amqp(amqp) => Ok(Arc::new(rpc::RpcBackend::open(amqp).await?)),
+            BrokerUrl::Amqp(amqp) => Ok(Arc::new(rpc::RpcBackend::open(amqp, result_expires).await?)),
             _ => Err(BackendError::Connection(
                 "rpc:// sends results through the broker: it needs an amqp:// broker".into(),
             )),

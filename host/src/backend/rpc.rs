@@ -18,7 +18,8 @@ use lapin::{Connection, ConnectionProperties};
 use serde_json::Map;
 use tokio::sync::{Notify, OnceCell};
 
-use super::chord::ChordCounting;
+use super::chord::{ChordCounting, ChordJoin, ChordPart};
+use super::rpc_chord::RpcChords;
 use super::{BackendError, ResultBackend};
 use crate::broker::amqp::AmqpBroker;
 use crate::broker::Broker;
@@ -38,6 +39,7 @@ pub struct RpcBackend {
     url: String,
     publisher: AmqpBroker,
     replies: OnceCell<Replies>,
+    chords: RpcChords,
 }
 
 fn op(err: impl std::fmt::Display) -> BackendError {
@@ -45,7 +47,7 @@ fn op(err: impl std::fmt::Display) -> BackendError {
 }
 
 impl RpcBackend {
-    pub async fn open(url: &str) -> Result<RpcBackend, BackendError> {
+    pub async fn open(url: &str, result_expires: u64) -> Result<RpcBackend, BackendError> {
         let publisher = AmqpBroker::open(url, &HashMap::new())
             .await
             .map_err(|e| BackendError::Connection(e.to_string()))?;
@@ -53,6 +55,7 @@ impl RpcBackend {
             url: url.to_owned(),
             publisher,
             replies: OnceCell::new(),
+            chords: RpcChords::new(url, result_expires),
         })
     }
 
@@ -134,7 +137,15 @@ impl ResultBackend for RpcBackend {
     }
 
     fn chord_counting(&self) -> ChordCounting {
-        ChordCounting::Unsupported
+        ChordCounting::Native
+    }
+
+    async fn chord_part_return(&self, part: &ChordPart<'_>) -> Result<ChordJoin, BackendError> {
+        self.chords.part_return(part).await
+    }
+
+    async fn release_chord(&self, group_id: &str, claim: &str, body_sent: bool) -> Result<(), BackendError> {
+        self.chords.release(group_id, claim, body_sent).await
     }
 
     async fn get(&self, task_id: &str) -> Result<Option<TaskResult>, BackendError> {

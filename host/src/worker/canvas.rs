@@ -180,6 +180,8 @@ fn chord(
         .and_then(Value::as_str)
         .map_or_else(|| group_id(signature), str::to_owned);
     let first = immutable_or(signature, first);
+    // The size travels with the body for backends that keep no count of their own (rpc).
+    body["options"]["chord_size"] = header_len(header).into();
     let header = members(header, &group_id, Some(&body))?
         .iter()
         .map(|member| plain(parent, member, first, Vec::new()))
@@ -194,6 +196,14 @@ fn chord(
         .chain(header.into_iter().map(Step::Publish))
         .map(Ok)
         .collect())
+}
+
+/// How many tasks a chord header has.
+fn header_len(header: &Value) -> usize {
+    match header {
+        Value::Array(tasks) => tasks.len(),
+        _ => header["kwargs"]["tasks"].as_array().map_or(0, Vec::len),
+    }
 }
 
 /// A group's id: its own frozen `task_id`, else a new one.

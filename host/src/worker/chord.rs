@@ -12,6 +12,7 @@ use super::Shared;
 use crate::backend::chord::{ChordCounting, ChordEntry, ChordJoin, ChordPart};
 use crate::backend::BackendError;
 use crate::broker::Delivery;
+use crate::protocol::result::ReplyTo;
 use crate::protocol::time::from_now;
 use crate::protocol::{ExceptionInfo, State, TaskRequest, TaskResult};
 
@@ -45,6 +46,7 @@ pub(super) async fn part_returned(
         group_id,
         task_id: &request.id,
         group_index: request.group_index,
+        size: body["options"]["chord_size"].as_u64().map(|n| n as usize),
         state,
         result,
     };
@@ -85,12 +87,26 @@ async fn run_body(
         "celery.exceptions",
         format!("Dependency {} raised {cause}", failed.task_id),
     );
-    let (body_id, errbacks) = canvas::failed_body(last, body);
-    tracing::error!(task_id = %last.id, group_id = ?last.group, body_id = ?body_id,
+    tracing::error!(task_id = %last.id, group_id = ?last.group,
         "Chord {:?} failed: {}", last.group.as_deref().unwrap_or(""), exc.repr());
+    fail_body(shared, last, body, &exc).await
+}
+
+/// Store the body's failure (where its caller waits for it) and return its error callbacks.
+async fn fail_body(
+    shared: &Shared,
+    last: &TaskRequest,
+    body: &Value,
+    exc: &ExceptionInfo,
+) -> Result<Steps, BackendError> {
+    let (body_id, errbacks) = canvas::failed_body(last, body);
     if let Some(body_id) = body_id {
-        let mut result = TaskResult::failure(&body_id, &exc, None);
+        let mut result = TaskResult::failure(&body_id, exc, None);
         result.parent_id = Some(last.id.clone());
+        result.reply_to = body["options"]["reply_to"].as_str().map(|queue| ReplyTo {
+            queue: queue.to_owned(),
+            correlation_id: body_id.clone(),
+        });
         shared.backend.store(&result).await?;
     }
     Ok(errbacks)
@@ -120,13 +136,6 @@ pub(super) async fn start(shared: &Shared, start: &ChordStart) -> Result<(), Str
         ChordCounting::Unlock => report::send(shared, unlock_request(start))
             .await
             .map_err(|e| e.to_string()),
-        ChordCounting::Unsupported => {
-            // Sending the chord again would not mend it: say so, and go on.
-            tracing::error!(group_id = %start.group_id,
-                "this result backend cannot complete chords (rpc:// keeps no results a worker can read): \
-                 the chord's body will not run; use Redis or a database as result backend");
-            Ok(())
-        }
     }
 }
 
@@ -216,14 +225,9 @@ async fn poll_again(shared: &Shared, request: &TaskRequest, group_id: &str, body
             "celery.exceptions",
             format!("GroupResult {group_id} is not ready after {} polls", request.retries),
         );
-        let (body_id, errbacks) = canvas::failed_body(request, body);
-        if let Some(body_id) = body_id {
-            shared
-                .backend
-                .store(&TaskResult::failure(&body_id, &exc, None))
-                .await
-                .map_err(|e| UnlockError::Unavailable(e.to_string()))?;
-        }
+        let errbacks = fail_body(shared, request, body, &exc)
+            .await
+            .map_err(|e| UnlockError::Unavailable(e.to_string()))?;
         report::publish(shared, request, errbacks).await;
         return Ok(());
     }
