@@ -14,6 +14,8 @@ BIN := $(CARGO_TARGET_DIR)/release/celeriac
 PLUGIN_OUT := $(CARGO_TARGET_DIR)/plugins
 VENV := $(CARGO_TARGET_DIR)/venv
 RUST_PLUGINS := $(patsubst plugins/%/Cargo.toml,%,$(wildcard plugins/*/Cargo.toml))
+# A Python plugin is a folder plugins/NAME holding NAME.py.
+PYTHON_PLUGINS := $(foreach d,$(wildcard plugins/*/),$(if $(wildcard $(d)$(notdir $(d:/=)).py),$(notdir $(d:/=))))
 
 .PHONY: all build plugins wasm-target run test services test-rust test-interop bench venv fixtures fmt lint clean
 
@@ -26,11 +28,18 @@ wasm-target:
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
 # Copy through a temporary name: a running worker watching the folder never sees half a file.
-plugins: wasm-target
+# Python plugins build with `celeriac plugins build`, which installs componentize-py on first use.
+plugins: wasm-target build
 	cd plugins && $(CARGO) build --release -j $(JOBS) --target wasm32-wasip2
 	@mkdir -p $(PLUGIN_OUT)
 	@for p in $(RUST_PLUGINS); do \
 		cp $(CARGO_TARGET_DIR)/wasm32-wasip2/release/$$p.wasm $(PLUGIN_OUT)/.$$p.wasm.tmp && \
+		mv $(PLUGIN_OUT)/.$$p.wasm.tmp $(PLUGIN_OUT)/$$p.wasm && \
+		echo "built $(PLUGIN_OUT)/$$p.wasm"; \
+	done
+	@for p in $(PYTHON_PLUGINS); do \
+		$(BIN) plugins build plugins/$$p > /dev/null && \
+		cp plugins/$$p/$$p.wasm $(PLUGIN_OUT)/.$$p.wasm.tmp && \
 		mv $(PLUGIN_OUT)/.$$p.wasm.tmp $(PLUGIN_OUT)/$$p.wasm && \
 		echo "built $(PLUGIN_OUT)/$$p.wasm"; \
 	done

@@ -5,6 +5,8 @@
 mod call;
 mod control;
 mod logging;
+mod plugin_build;
+mod plugin_new;
 mod plugins;
 mod purge;
 mod result;

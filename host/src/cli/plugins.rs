@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
+use super::plugin_build::{self, Lang};
+use super::plugin_new;
 use super::worker::DEFAULT_PLUGINS;
 use crate::config::FileConfig;
 use crate::runtime::{cache::default_cache_dir, PluginVersion, Runtime};
@@ -27,6 +29,23 @@ pub enum PluginsCommand {
     Check {
         /// The .wasm file.
         file: PathBuf,
+    },
+    /// Create a plugin folder with one example task and a test.
+    New {
+        /// The plugin's language.
+        #[arg(long, value_enum)]
+        lang: Lang,
+        /// The plugin's name: its tasks are NAME.<function>, its file NAME.wasm.
+        name: String,
+        /// Where to create the NAME folder.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Build a plugin folder (Rust or Python) into DIR/NAME.wasm, then check it.
+    Build {
+        /// The plugin folder.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
     },
 }
 
@@ -62,6 +81,21 @@ pub async fn run(file: &FileConfig, args: PluginsArgs) -> anyhow::Result<ExitCod
             for version in loaded {
                 print_plugin(&version);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        PluginsCommand::New { lang, name, dir } => {
+            let folder = plugin_new::scaffold(lang, &name, &dir)?;
+            println!(
+                "created {}; build it with: celeriac plugins build {}",
+                folder.display(),
+                folder.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        PluginsCommand::Build { dir } => {
+            let file = plugin_build::build(&dir)?;
+            let version = runtime.check_file(&file)?;
+            print_plugin(&version);
             Ok(ExitCode::SUCCESS)
         }
         PluginsCommand::Check { file } => match runtime.check_file(&file) {

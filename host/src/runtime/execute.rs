@@ -139,6 +139,8 @@ impl Runtime {
             task_name: task_name.to_owned(),
             plugin: plugin.name.clone(),
             progress,
+            log_budget: super::state::LOG_BUDGET,
+            max_meta: plugin.manifest.max_result_bytes(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -198,7 +200,17 @@ impl Runtime {
             tracing::warn!(task_id = %ctx.id, task = %ctx.name, plugin = %plugin.name,
                 soft_limit = ?soft, "task ran past its soft time limit");
         }
+        let max_result = plugin.manifest.max_result_bytes();
         let outcome = match result {
+            Ok(Ok(json)) if json.len() > max_result => Outcome::failure(
+                "ResultTooLarge",
+                "celeriac.exceptions",
+                format!(
+                    "the task returned {} bytes of JSON; limits.max_result_mb allows {max_result}",
+                    json.len()
+                ),
+                None,
+            ),
             Ok(Ok(json)) => Outcome::Success(json),
             Ok(Err(error)) => from_task_error(error),
             Err(err) => classify_trap(err, &store, &deadline, hard, &stderr.contents()),

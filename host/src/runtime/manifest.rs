@@ -3,10 +3,13 @@
 //! network.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
+use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use super::RuntimeError;
@@ -14,6 +17,8 @@ use crate::protocol::time::seconds;
 
 /// Default memory cap per task instance.
 pub const DEFAULT_MEMORY_MB: u64 = 128;
+/// Default cap on a result's JSON.
+pub const DEFAULT_MAX_RESULT_MB: u64 = 16;
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -99,7 +104,7 @@ pub fn parse_rate(text: &str) -> Result<Option<f64>, String> {
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Memory cap per task instance, summed over the component's memories.
     pub memory_mb: u64,
@@ -108,6 +113,9 @@ pub struct Limits {
     /// Soft time limit in seconds: reported, and visible to the guest through
     /// `soft-time-limit-exceeded()`.
     pub soft_time_limit: Option<f64>,
+    /// Largest result (and `update-state` meta) in MiB of JSON; a bigger one fails the
+    /// task with `ResultTooLarge` instead of filling the result backend.
+    pub max_result_mb: u64,
 }
 
 impl Default for Limits {
@@ -116,6 +124,7 @@ impl Default for Limits {
             memory_mb: DEFAULT_MEMORY_MB,
             time_limit: None,
             soft_time_limit: None,
+            max_result_mb: DEFAULT_MAX_RESULT_MB,
         }
     }
 }
@@ -129,6 +138,10 @@ pub struct Grants {
     /// Host directories mounted into the guest.
     #[serde(default)]
     pub dirs: Vec<DirGrant>,
+    /// `IP:PORT` addresses the guest may open TCP connections to; nothing else on the
+    /// network is reachable (no listening, no UDP, no name lookup).
+    #[serde(default)]
+    pub connect: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -174,6 +187,10 @@ impl Manifest {
         if self.limits.memory_mb == 0 || self.limits.memory_mb > ceiling_mb {
             return Err(format!("limits.memory_mb must be between 1 and {ceiling_mb}"));
         }
+        if self.limits.max_result_mb == 0 || self.limits.max_result_mb > 512 {
+            // 512 MB is the most Redis stores in one value.
+            return Err("limits.max_result_mb must be between 1 and 512".into());
+        }
         for (name, value) in [
             ("time_limit", self.limits.time_limit),
             ("soft_time_limit", self.limits.soft_time_limit),
@@ -186,6 +203,11 @@ impl Manifest {
             if let Some(rate) = &options.rate_limit {
                 parse_rate(rate).map_err(|e| format!("tasks.{task:?}.rate_limit: {e}"))?;
             }
+        }
+        for address in &self.grants.connect {
+            address
+                .parse::<SocketAddr>()
+                .map_err(|_| format!("grants.connect: {address:?} is not IP:PORT (e.g. \"10.0.0.5:5432\")"))?;
         }
         for dir in &self.grants.dirs {
             if !dir.host.is_dir() {
@@ -214,6 +236,10 @@ impl Manifest {
         parse_rate(rate).ok().flatten()
     }
 
+    pub fn max_result_bytes(&self) -> usize {
+        (self.limits.max_result_mb as usize).saturating_mul(1 << 20)
+    }
+
     pub fn memory_bytes(&self) -> usize {
         (self.limits.memory_mb as usize) << 20
     }
@@ -227,6 +253,19 @@ impl Manifest {
     pub fn apply_grants(&self, wasi: &mut WasiCtxBuilder) -> Result<(), RuntimeError> {
         for (key, value) in &self.grants.env {
             wasi.env(key, value);
+        }
+        if !self.grants.connect.is_empty() {
+            let allowed: Arc<Vec<SocketAddr>> =
+                Arc::new(self.grants.connect.iter().filter_map(|a| a.parse().ok()).collect());
+            wasi.allow_tcp(true).socket_addr_check(move |address, usage| {
+                let granted = match usage {
+                    SocketAddrUse::TcpConnect => allowed.contains(&address),
+                    // The ephemeral local port every connect binds first.
+                    SocketAddrUse::TcpBind => address.ip().is_unspecified() && address.port() == 0,
+                    _ => false,
+                };
+                Box::pin(async move { granted })
+            });
         }
         for dir in &self.grants.dirs {
             let perms = match dir.mode {

@@ -22,6 +22,26 @@ pub struct TaskState {
     pub task_name: String,
     pub plugin: String,
     pub progress: Option<ProgressSink>,
+    /// Log bytes this task may still write; the rest is dropped (said once).
+    pub log_budget: usize,
+    /// Largest `update-state` meta accepted, in bytes (the result cap).
+    pub max_meta: usize,
+}
+
+/// Log bytes one task may write in all.
+pub const LOG_BUDGET: usize = 1 << 20;
+/// Longest log line kept; a longer one is cut.
+const MAX_LOG_LINE: usize = 16 << 10;
+/// Longest custom state name.
+const MAX_STATE_NAME: usize = 64;
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn truncate(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 impl WasiView for TaskState {
@@ -38,6 +58,11 @@ impl types::Host for TaskState {}
 impl host::Host for TaskState {
     fn log(&mut self, level: types::LogLevel, message: String) {
         let (id, name, plugin) = (&self.task_id, &self.task_name, &self.plugin);
+        if self.log_budget == 0 {
+            return;
+        }
+        let message = truncate(&message, MAX_LOG_LINE.min(self.log_budget));
+        self.log_budget -= message.len();
         match level {
             types::LogLevel::Trace => tracing::trace!(task_id = %id, task = %name, plugin = %plugin, "{message}"),
             types::LogLevel::Debug => tracing::debug!(task_id = %id, task = %name, plugin = %plugin, "{message}"),
@@ -45,9 +70,19 @@ impl host::Host for TaskState {
             types::LogLevel::Warn => tracing::warn!(task_id = %id, task = %name, plugin = %plugin, "{message}"),
             types::LogLevel::Error => tracing::error!(task_id = %id, task = %name, plugin = %plugin, "{message}"),
         }
+        if self.log_budget == 0 {
+            tracing::warn!(task_id = %id, task = %name, plugin = %plugin,
+                "the task wrote {LOG_BUDGET} bytes of log: further lines are dropped");
+        }
     }
 
     fn update_state(&mut self, state: String, meta_json: String) {
+        if state.is_empty() || state.len() > MAX_STATE_NAME || meta_json.len() > self.max_meta {
+            tracing::warn!(task_id = %self.task_id, task = %self.task_name, plugin = %self.plugin,
+                state = truncate(&state, MAX_STATE_NAME), meta_bytes = meta_json.len(),
+                "ignoring update-state: the state name must be 1 to {MAX_STATE_NAME} bytes and the meta at most {} bytes", self.max_meta);
+            return;
+        }
         let meta = serde_json::from_str(&meta_json).unwrap_or(serde_json::Value::String(meta_json));
         if let Some(sink) = &self.progress {
             sink(&state, meta);

@@ -1,0 +1,168 @@
+//! `celeriac plugins build DIR`: a plugin folder, in any supported language, into
+//! `DIR/NAME.wasm`, a component for the `plugin` world of `wit/celeriac.wit`.
+//!
+//! - Rust (`Cargo.toml`): `cargo build --release --target wasm32-wasip2`, adding the
+//!   target with rustup on first use.
+//! - Python (`NAME.py`): componentize-py, which bundles CPython and pre-initializes the
+//!   module so each task starts from a snapshot. It is taken from
+//!   `CELERIAC_COMPONENTIZE_PY`, else `PATH`, else installed once into a virtualenv
+//!   under the cache folder.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context as _};
+
+use super::plugin_new::PYTHON_SDK;
+
+/// The WIT every plugin is built against, as this worker reads it.
+const WIT: &str = include_str!("../../../wit/celeriac.wit");
+/// The componentize-py release the Python SDK is tested with.
+const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    Rust,
+    Python,
+}
+
+/// The language and plugin name of a folder.
+fn detect(dir: &Path) -> anyhow::Result<(Lang, String)> {
+    let manifest = dir.join("Cargo.toml");
+    if manifest.is_file() {
+        let text = std::fs::read_to_string(&manifest)?;
+        let cargo: toml::Value =
+            toml::from_str(&text).with_context(|| format!("{} is not TOML", manifest.display()))?;
+        let name = cargo
+            .get("package")
+            .and_then(|p| p.get("name"))
+            .and_then(toml::Value::as_str)
+            .with_context(|| format!("{} has no package.name", manifest.display()))?;
+        return Ok((Lang::Rust, name.replace('-', "_")));
+    }
+    let folder = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+    let name = folder
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if dir.join(format!("{name}.py")).is_file() {
+        return Ok((Lang::Python, name));
+    }
+    bail!(
+        "cannot tell the language of {}: expected Cargo.toml (Rust) or {name}.py (Python)",
+        dir.display()
+    )
+}
+
+/// Build the plugin in `dir`; the path of the component.
+pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
+    let (lang, name) = detect(dir)?;
+    let out = dir.join(format!("{name}.wasm"));
+    match lang {
+        Lang::Rust => build_rust(dir, &name, &out)?,
+        Lang::Python => build_python(dir, &name, &out)?,
+    }
+    Ok(out)
+}
+
+/// Run a command, inheriting the terminal, and fail with what was run.
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    let shown = format!("{command:?}");
+    let status = command
+        .status()
+        .with_context(|| format!("cannot run {shown} (is it installed?)"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+fn build_rust(dir: &Path, name: &str, out: &Path) -> anyhow::Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("cannot run rustup: install Rust from https://rustup.rs")?;
+    if !String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|t| t == "wasm32-wasip2")
+    {
+        eprintln!("adding the wasm32-wasip2 target with rustup (first use)…");
+        run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]))?;
+    }
+    run(Command::new("cargo")
+        .args(["build", "--release", "--target", "wasm32-wasip2"])
+        .current_dir(dir))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| dir.join("target"), PathBuf::from);
+    let built = target.join("wasm32-wasip2/release").join(format!("{name}.wasm"));
+    std::fs::copy(&built, out).with_context(|| format!("cargo built no {}", built.display()))?;
+    Ok(())
+}
+
+fn build_python(dir: &Path, name: &str, out: &Path) -> anyhow::Result<()> {
+    let cache = crate::runtime::cache::default_cache_dir().context("no cache folder: set CELERIAC_CACHE_DIR")?;
+    let wit = cache.join("sdk/wit");
+    write(&wit.join("celeriac.wit"), WIT)?;
+    let mut command = Command::new(componentize_py(&cache)?);
+    command
+        .arg("-d")
+        .arg(&wit)
+        .args(["-w", "plugin", "componentize", name, "-p"])
+        .arg(dir);
+    // A plugin folder made by `plugins new` carries its own copy of the SDK.
+    if !dir.join("celeriac").is_dir() {
+        let sdk = cache.join("sdk/python");
+        write(&sdk.join("celeriac/__init__.py"), PYTHON_SDK)?;
+        command.arg("-p").arg(sdk);
+    }
+    run(command.arg("-o").arg(out))
+}
+
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    if let Some(folder) = path.parent() {
+        std::fs::create_dir_all(folder)?;
+    }
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// componentize-py: as configured, on PATH, or installed into the cache on first use.
+fn componentize_py(cache: &Path) -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("CELERIAC_COMPONENTIZE_PY") {
+        return Ok(path.into());
+    }
+    let on_path = Command::new("componentize-py").arg("--version").output();
+    if on_path.is_ok_and(|o| o.status.success()) {
+        return Ok("componentize-py".into());
+    }
+    let venv = cache.join("toolchains/python");
+    let installed = venv.join("bin/componentize-py");
+    if !installed.is_file() {
+        eprintln!("installing {COMPONENTIZE_PY} into {} (first use)…", venv.display());
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))
+            .context("Python plugins need python3 (3.10 or newer) to install componentize-py")?;
+        run(Command::new(venv.join("bin/pip")).args(["install", "-q", COMPONENTIZE_PY]))?;
+    }
+    Ok(installed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_language_comes_from_the_folder() {
+        let root = std::env::temp_dir().join(format!("celeriac-detect-{}", std::process::id()));
+        let python = root.join("textkit");
+        write(&python.join("textkit.py"), "").unwrap();
+        assert_eq!(detect(&python).unwrap(), (Lang::Python, "textkit".to_owned()));
+        let rust = root.join("greet");
+        write(&rust.join("Cargo.toml"), "[package]\nname = \"greet-me\"\n").unwrap();
+        assert_eq!(detect(&rust).unwrap(), (Lang::Rust, "greet_me".to_owned()));
+        let empty = root.join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        assert!(detect(&empty)
+            .unwrap_err()
+            .to_string()
+            .contains("cannot tell the language"));
+        std::fs::remove_dir_all(root).unwrap();
+    }
+}
