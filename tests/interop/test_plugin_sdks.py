@@ -2,8 +2,9 @@
 scaffold, build, drop into a running worker, call, and see a raised error arrive as the
 same exception with its message.
 
-componentize-py comes from the test virtualenv; Rust plugins build with this machine's
-cargo into the shared target folder.
+componentize-py comes from the test virtualenv, componentize-js is installed with npm
+into the shared cache on first use; Rust plugins build with this machine's cargo into the
+shared target folder.
 """
 
 import os
@@ -23,7 +24,7 @@ def url(db):
     return f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
 
 
-@pytest.mark.parametrize("lang", ["python", "rust"])
+@pytest.mark.parametrize("lang", ["python", "js", "rust"])
 def test_a_new_plugin_builds_and_serves_celery(lang, tmp_path, db, make_worker):
     name = f"shout_{lang}"
     subprocess.run([BIN, "plugins", "new", "--lang", lang, name, "--dir", tmp_path], check=True)
@@ -36,10 +37,15 @@ def test_a_new_plugin_builds_and_serves_celery(lang, tmp_path, db, make_worker):
     built = subprocess.run([BIN, "plugins", "build", folder], env=env, capture_output=True, text=True, timeout=900)
     assert built.returncode == 0, built.stdout + built.stderr
     assert f"{name}.shout" in built.stdout, "the build checks the component and lists its tasks"
-    if lang == "python":
-        # The scaffold's own test runs the task functions in plain CPython.
-        tested = subprocess.run([sys.executable, "-m", "pytest", "-q", folder], capture_output=True, text=True)
-        assert tested.returncode == 0, tested.stdout
+    # The scaffold's own test runs the task functions natively.
+    native_test = {
+        "python": [sys.executable, "-m", "pytest", "-q", folder],
+        "js": ["node", "--test", folder / f"{name}.test.mjs"],
+        "rust": None,  # `cargo test` in the folder; not run here, it compiles for the host
+    }[lang]
+    if native_test:
+        tested = subprocess.run(native_test, capture_output=True, text=True)
+        assert tested.returncode == 0, tested.stdout + tested.stderr
 
     worker = make_worker(url(db), url(db))
     shutil.copy(folder / f"{name}.wasm", worker.plugins / f".{name}.tmp")

@@ -7,23 +7,29 @@
 //!   module so each task starts from a snapshot. It is taken from
 //!   `CELERIAC_COMPONENTIZE_PY`, else `PATH`, else installed once into a virtualenv
 //!   under the cache folder.
+//! - JavaScript (`NAME.js`): componentize-js (StarlingMonkey), from
+//!   `CELERIAC_COMPONENTIZE_JS`, else `PATH`, else installed once with npm under the
+//!   cache folder. WASI HTTP is left out: the worker does not offer it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context as _};
 
-use super::plugin_new::PYTHON_SDK;
+use super::plugin_new::{JS_SDK, PYTHON_SDK};
 
 /// The WIT every plugin is built against, as this worker reads it.
 const WIT: &str = include_str!("../../../wit/celeriac.wit");
 /// The componentize-py release the Python SDK is tested with.
 const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
+/// The componentize-js release the JavaScript SDK is tested with.
+const COMPONENTIZE_JS: &str = "@bytecodealliance/componentize-js@0.23.0";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Lang {
     Rust,
     Python,
+    Js,
 }
 
 /// The language and plugin name of a folder.
@@ -48,8 +54,11 @@ fn detect(dir: &Path) -> anyhow::Result<(Lang, String)> {
     if dir.join(format!("{name}.py")).is_file() {
         return Ok((Lang::Python, name));
     }
+    if dir.join(format!("{name}.js")).is_file() {
+        return Ok((Lang::Js, name));
+    }
     bail!(
-        "cannot tell the language of {}: expected Cargo.toml (Rust) or {name}.py (Python)",
+        "cannot tell the language of {}: expected Cargo.toml (Rust), {name}.py (Python) or {name}.js (JavaScript)",
         dir.display()
     )
 }
@@ -61,6 +70,7 @@ pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
     match lang {
         Lang::Rust => build_rust(dir, &name, &out)?,
         Lang::Python => build_python(dir, &name, &out)?,
+        Lang::Js => build_js(dir, &name, &out)?,
     }
     Ok(out)
 }
@@ -117,6 +127,62 @@ fn build_python(dir: &Path, name: &str, out: &Path) -> anyhow::Result<()> {
     run(command.arg("-o").arg(out))
 }
 
+fn build_js(dir: &Path, name: &str, out: &Path) -> anyhow::Result<()> {
+    let cache = crate::runtime::cache::default_cache_dir().context("no cache folder: set CELERIAC_CACHE_DIR")?;
+    let wit = cache.join("sdk/wit/celeriac.wit");
+    write(&wit, WIT)?;
+    if !dir.join("celeriac.js").is_file() {
+        eprintln!("adding the SDK as {}", dir.join("celeriac.js").display());
+        write(&dir.join("celeriac.js"), JS_SDK)?;
+    }
+    // The entry names the plugin before its module registers tasks, and hands the SDK
+    // the host functions (an import only a component can resolve). It sits in the
+    // folder: componentize-js resolves modules from the entry's folder only.
+    let entry = dir.join(".celeriac-entry.js");
+    write(&dir.join(".celeriac-name.js"), &format!("globalThis.CELERIAC_PLUGIN = {name:?};\n"))?;
+    write(
+        &entry,
+        &format!(
+            "import * as host from \"celeriac:task/host@0.1.0\";\nimport \"./.celeriac-name.js\";\nimport \"./{name}.js\";\n\
+             export {{ handler }} from \"./celeriac.js\";\nglobalThis.CELERIAC_HOST = host;\n"
+        ),
+    )?;
+    let mut command = Command::new(componentize_js(&cache)?);
+    command
+        .arg(&entry)
+        .arg("--wit")
+        .arg(&wit)
+        .args(["--world-name", "plugin", "--disable", "http", "fetch-event", "-o"])
+        .arg(out);
+    run(&mut command)
+}
+
+/// componentize-js: as configured, on PATH, or installed with npm into the cache.
+fn componentize_js(cache: &Path) -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("CELERIAC_COMPONENTIZE_JS") {
+        return Ok(path.into());
+    }
+    let on_path = Command::new("componentize-js").arg("--version").output();
+    if on_path.is_ok_and(|o| o.status.success()) {
+        return Ok("componentize-js".into());
+    }
+    let prefix = cache.join("toolchains/js");
+    let installed = prefix.join("node_modules/.bin/componentize-js");
+    if !installed.is_file() {
+        eprintln!(
+            "installing {COMPONENTIZE_JS} into {} with npm (first use)…",
+            prefix.display()
+        );
+        std::fs::create_dir_all(&prefix)?;
+        run(Command::new("npm")
+            .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&prefix)
+            .arg(COMPONENTIZE_JS))
+        .context("JavaScript plugins need Node.js 20 or newer and npm to install componentize-js")?;
+    }
+    Ok(installed)
+}
+
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     if let Some(folder) = path.parent() {
         std::fs::create_dir_all(folder)?;
@@ -157,6 +223,9 @@ mod tests {
         let rust = root.join("greet");
         write(&rust.join("Cargo.toml"), "[package]\nname = \"greet-me\"\n").unwrap();
         assert_eq!(detect(&rust).unwrap(), (Lang::Rust, "greet_me".to_owned()));
+        let js = root.join("shout");
+        write(&js.join("shout.js"), "").unwrap();
+        assert_eq!(detect(&js).unwrap(), (Lang::Js, "shout".to_owned()));
         let empty = root.join("empty");
         std::fs::create_dir_all(&empty).unwrap();
         assert!(detect(&empty)

@@ -9,6 +9,8 @@ use super::plugin_build::Lang;
 
 /// The Python SDK, copied into each Python plugin so the folder builds and tests alone.
 pub const PYTHON_SDK: &str = include_str!("../../../sdk/python/celeriac/__init__.py");
+/// The JavaScript SDK, likewise.
+pub const JS_SDK: &str = include_str!("../../../sdk/js/celeriac.js");
 
 /// Where the Rust SDK crate is: `CELERIAC_RUST_SDK`, else this source tree's.
 fn rust_sdk() -> PathBuf {
@@ -47,6 +49,21 @@ pub fn scaffold(lang: Lang, name: &str, parent: &Path) -> anyhow::Result<PathBuf
                 fill(include_str!("../../../sdk/python/template/test_NAME.py")),
             ),
             ("celeriac/__init__.py".into(), PYTHON_SDK.to_owned()),
+        ],
+        Lang::Js => vec![
+            (
+                format!("{name}.js").into(),
+                fill(include_str!("../../../sdk/js/template/NAME.js")),
+            ),
+            (
+                format!("{name}.test.mjs").into(),
+                fill(include_str!("../../../sdk/js/template/NAME.test.mjs")),
+            ),
+            ("celeriac.js".into(), JS_SDK.to_owned()),
+            (
+                "package.json".into(),
+                format!("{{\n  \"name\": \"{name}\",\n  \"private\": true,\n  \"type\": \"module\"\n}}\n"),
+            ),
         ],
         Lang::Rust => {
             let sdk = rust_sdk();

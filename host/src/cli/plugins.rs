@@ -41,7 +41,7 @@ pub enum PluginsCommand {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
-    /// Build a plugin folder (Rust or Python) into DIR/NAME.wasm, then check it.
+    /// Build a plugin folder (Rust, Python or JavaScript) into DIR/NAME.wasm, then check it.
     Build {
         /// The plugin folder.
         #[arg(default_value = ".")]
