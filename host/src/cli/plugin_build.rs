@@ -139,7 +139,10 @@ fn build_js(dir: &Path, name: &str, out: &Path) -> anyhow::Result<()> {
     // the host functions (an import only a component can resolve). It sits in the
     // folder: componentize-js resolves modules from the entry's folder only.
     let entry = dir.join(".celeriac-entry.js");
-    write(&dir.join(".celeriac-name.js"), &format!("globalThis.CELERIAC_PLUGIN = {name:?};\n"))?;
+    write(
+        &dir.join(".celeriac-name.js"),
+        &format!("globalThis.CELERIAC_PLUGIN = {name:?};\n"),
+    )?;
     write(
         &entry,
         &format!(
