@@ -16,8 +16,10 @@ VENV := $(CARGO_TARGET_DIR)/venv
 RUST_PLUGINS := $(patsubst plugins/%/Cargo.toml,%,$(wildcard plugins/*/Cargo.toml))
 # A Python plugin is a folder plugins/NAME holding NAME.py.
 PYTHON_PLUGINS := $(foreach d,$(wildcard plugins/*/),$(if $(wildcard $(d)$(notdir $(d:/=)).py),$(notdir $(d:/=))))
+# A C plugin is a folder plugins/NAME holding NAME.c.
+C_PLUGINS := $(foreach d,$(wildcard plugins/*/),$(if $(wildcard $(d)$(notdir $(d:/=)).c),$(notdir $(d:/=))))
 
-.PHONY: all build plugins wasm-target run test services test-rust test-interop bench venv fixtures fmt lint clean
+.PHONY: all build plugins wasm-target run test services test-rust test-interop bench venv fixtures c-bindings fmt lint clean
 
 all: build plugins
 
@@ -28,7 +30,8 @@ wasm-target:
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
 # Copy through a temporary name: a running worker watching the folder never sees half a file.
-# Python plugins build with `celeriac plugins build`, which installs componentize-py on first use.
+# Python and C plugins build with `celeriac plugins build` (which installs componentize-py on
+# first use; C needs clang and wasi-libc).
 plugins: wasm-target build
 	cd plugins && $(CARGO) build --release -j $(JOBS) --target wasm32-wasip2
 	@mkdir -p $(PLUGIN_OUT)
@@ -37,7 +40,10 @@ plugins: wasm-target build
 		mv $(PLUGIN_OUT)/.$$p.wasm.tmp $(PLUGIN_OUT)/$$p.wasm && \
 		echo "built $(PLUGIN_OUT)/$$p.wasm"; \
 	done
-	@for p in $(PYTHON_PLUGINS); do \
+	@for p in $(PYTHON_PLUGINS) $(C_PLUGINS); do \
+		if [ -f plugins/$$p/$$p.c ] && ! command -v clang > /dev/null; then \
+			echo "skipped plugins/$$p: C plugins need clang and wasi-libc (make services installs them)"; continue; \
+		fi; \
 		$(BIN) plugins build plugins/$$p > /dev/null && \
 		cp plugins/$$p/$$p.wasm $(PLUGIN_OUT)/.$$p.wasm.tmp && \
 		mv $(PLUGIN_OUT)/.$$p.wasm.tmp $(PLUGIN_OUT)/$$p.wasm && \
@@ -59,9 +65,10 @@ $(VENV)/.installed: tests/interop/requirements.txt
 	$(VENV)/bin/pip install -q -r tests/interop/requirements.txt
 	touch $@
 
-test: build plugins venv services test-rust test-interop
+test: services build plugins venv test-rust test-interop
 
-# Redis and RabbitMQ on 127.0.0.1, started if they are not running.
+# Redis and RabbitMQ on 127.0.0.1, started if they are not running; the Debian packages the
+# tests need (ZooKeeper, clang and wasi-libc for C plugins, Chromium), installed if missing.
 services:
 	@tests/services.sh
 
@@ -80,6 +87,10 @@ bench: build plugins venv
 	CELERIAC_PLUGIN_DIR=$(PLUGIN_OUT) $(CARGO) bench -j $(JOBS) -p celeriac --bench host_cost
 	CELERIAC_BIN=$(BIN) CELERIAC_PLUGIN_DIR=$(PLUGIN_OUT) \
 		$(VENV)/bin/python tests/bench/bench.py $(BENCH_ARGS)
+
+# Re-create the C bindings after a change to wit/celeriac.wit (needs `cargo install wit-bindgen-cli@0.63.0`).
+c-bindings:
+	cd sdk/c && wit-bindgen c ../../wit --world plugin --no-object-file
 
 # Re-create the codec fixtures from the real Celery library.
 fixtures: venv

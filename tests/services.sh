@@ -59,6 +59,15 @@ if [ ! -f /usr/share/java/zookeeper.jar ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends zookeeper >/dev/null
 fi
 
+# clang for wasm32-wasi with wasi-libc, from Debian's packages: C plugins build with them.
+if ! command -v clang >/dev/null || [ ! -f /usr/lib/wasm32-wasi/libc.a ] \
+    || ! ls /usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a >/dev/null 2>&1; then
+  echo "installing clang, lld and wasi-libc (Debian packages) for C plugins"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    clang lld wasi-libc libclang-rt-dev-wasm32 >/dev/null
+fi
+
 # Chromium, from Debian's package: the Flower test loads Flower's pages in it, headless.
 if ! command -v chromium >/dev/null; then
   echo "installing Chromium (Debian package chromium)"

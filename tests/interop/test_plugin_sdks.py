@@ -11,11 +11,12 @@ import os
 import shutil
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
 
-from conftest import BIN, REDIS_HOST, REDIS_PORT, TARGET, celery_app
+from conftest import BIN, PLUGINS, REDIS_HOST, REDIS_PORT, TARGET, celery_app
 
 TIMEOUT = 60
 
@@ -24,7 +25,7 @@ def url(db):
     return f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
 
 
-@pytest.mark.parametrize("lang", ["python", "js", "rust"])
+@pytest.mark.parametrize("lang", ["python", "js", "c", "rust"])
 def test_a_new_plugin_builds_and_serves_celery(lang, tmp_path, db, make_worker):
     name = f"shout_{lang}"
     subprocess.run([BIN, "plugins", "new", "--lang", lang, name, "--dir", tmp_path], check=True)
@@ -42,6 +43,7 @@ def test_a_new_plugin_builds_and_serves_celery(lang, tmp_path, db, make_worker):
         "python": [sys.executable, "-m", "pytest", "-q", folder],
         "js": ["node", "--test", folder / f"{name}.test.mjs"],
         "rust": None,  # `cargo test` in the folder; not run here, it compiles for the host
+        "c": None,  # no native test: the task is checked through the worker below
     }[lang]
     if native_test:
         tested = subprocess.run(native_test, capture_output=True, text=True)
@@ -55,3 +57,20 @@ def test_a_new_plugin_builds_and_serves_celery(lang, tmp_path, db, make_worker):
     assert app.send_task(f"{name}.shout", ("hello",)).get(timeout=TIMEOUT) == "HELLO!"
     with pytest.raises(ValueError, match="nothing to shout"):
         app.send_task(f"{name}.shout", ("",)).get(timeout=TIMEOUT)
+
+
+def test_first_party_plugins_in_python_and_c(db, make_worker):
+    worker = make_worker(url(db), url(db))
+    for name in ("textkit", "hashkit"):
+        shutil.copy(PLUGINS / f"{name}.wasm", worker.plugins / f".{name}.tmp")
+        os.replace(worker.plugins / f".{name}.tmp", worker.plugins / f"{name}.wasm")
+        worker.wait_for_log(f"plugin={name}")
+    app = celery_app(url(db), url(db))
+    call = lambda task, *args: app.send_task(task, args).get(timeout=TIMEOUT)  # noqa: E731
+    text = "Héllo, wörld — héllo"
+    assert call("hashkit.crc32", text) == zlib.crc32(text.encode())
+    assert call("hashkit.adler32", text) == zlib.adler32(text.encode())
+    assert call("textkit.words", text) == {"héllo": 2, "wörld": 1}
+    assert call("textkit.slugify", text) == "hello-world-hello"
+    with pytest.raises(TypeError):
+        call("hashkit.crc32", 42)

@@ -10,6 +10,9 @@
 //! - JavaScript (`NAME.js`): componentize-js (StarlingMonkey), from
 //!   `CELERIAC_COMPONENTIZE_JS`, else `PATH`, else installed once with npm under the
 //!   cache folder. WASI HTTP is left out: the worker does not offer it.
+//! - C (`NAME.c`): clang for `wasm32-wasi` with wasi-libc (Debian's packages), then the
+//!   core module is made a component here, with `wit-component` and the WASI preview1
+//!   adapter, so no other tool is needed.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,7 +33,16 @@ pub enum Lang {
     Rust,
     Python,
     Js,
+    C,
 }
+
+/// The C SDK and the bindings `wit-bindgen c` generated from the WIT.
+const C_SDK: [(&str, &str); 4] = [
+    ("celeriac.h", include_str!("../../../sdk/c/celeriac.h")),
+    ("celeriac.c", include_str!("../../../sdk/c/celeriac.c")),
+    ("plugin.h", include_str!("../../../sdk/c/plugin.h")),
+    ("plugin.c", include_str!("../../../sdk/c/plugin.c")),
+];
 
 /// The language and plugin name of a folder.
 fn detect(dir: &Path) -> anyhow::Result<(Lang, String)> {
@@ -57,8 +69,11 @@ fn detect(dir: &Path) -> anyhow::Result<(Lang, String)> {
     if dir.join(format!("{name}.js")).is_file() {
         return Ok((Lang::Js, name));
     }
+    if dir.join(format!("{name}.c")).is_file() {
+        return Ok((Lang::C, name));
+    }
     bail!(
-        "cannot tell the language of {}: expected Cargo.toml (Rust), {name}.py (Python) or {name}.js (JavaScript)",
+        "cannot tell the language of {}: expected Cargo.toml (Rust), {name}.py (Python), {name}.js (JavaScript) or {name}.c (C)",
         dir.display()
     )
 }
@@ -71,6 +86,7 @@ pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
         Lang::Rust => build_rust(dir, &name, &out)?,
         Lang::Python => build_python(dir, &name, &out)?,
         Lang::Js => build_js(dir, &name, &out)?,
+        Lang::C => build_c(dir, &out)?,
     }
     Ok(out)
 }
@@ -184,6 +200,56 @@ fn componentize_js(cache: &Path) -> anyhow::Result<PathBuf> {
         .context("JavaScript plugins need Node.js 20 or newer and npm to install componentize-js")?;
     }
     Ok(installed)
+}
+
+fn build_c(dir: &Path, out: &Path) -> anyhow::Result<()> {
+    let cache = crate::runtime::cache::default_cache_dir().context("no cache folder: set CELERIAC_CACHE_DIR")?;
+    let sdk = cache.join("sdk/c");
+    for (file, text) in C_SDK {
+        write(&sdk.join(file), text)?;
+    }
+    let mut sources: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|e| e == "c"))
+        .collect();
+    sources.sort();
+    let core = dir.join(".celeriac-core.wasm");
+    let clang = std::env::var_os("CC").unwrap_or_else(|| "clang".into());
+    run(Command::new(clang)
+        .args(["--target=wasm32-wasi", "-mexec-model=reactor", "-O2", "-Wall", "-I"])
+        .arg(&sdk)
+        .args(&sources)
+        .arg(sdk.join("celeriac.c"))
+        .arg(sdk.join("plugin.c"))
+        .arg("-o")
+        .arg(&core))
+    .context(
+        "C plugins need clang with the wasm32-wasi target and wasi-libc \
+         (Debian: apt install clang lld wasi-libc libclang-rt-dev-wasm32)",
+    )?;
+    let module = std::fs::read(&core)?;
+    std::fs::remove_file(&core)?;
+    std::fs::write(out, componentize(module)?).with_context(|| format!("cannot write {}", out.display()))
+}
+
+/// A WASI preview1 core module as a component of the `plugin` world.
+fn componentize(mut module: Vec<u8>) -> anyhow::Result<Vec<u8>> {
+    use wasi_preview1_component_adapter_provider::{
+        WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+    };
+    let mut resolve = wit_parser::Resolve::default();
+    let package = resolve.push_str("celeriac.wit", WIT)?;
+    let world = resolve.select_world(&[package], Some("plugin"))?;
+    wit_component::embed_component_metadata(&mut module, &resolve, world, wit_component::StringEncoding::UTF8)?;
+    wit_component::ComponentEncoder::default()
+        .validate(true)
+        .module(&module)?
+        .adapter(
+            WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME,
+            WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+        )?
+        .encode()
+        .context("cannot make the module a component")
 }
 
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {

@@ -65,6 +65,10 @@ pub fn scaffold(lang: Lang, name: &str, parent: &Path) -> anyhow::Result<PathBuf
                 format!("{{\n  \"name\": \"{name}\",\n  \"private\": true,\n  \"type\": \"module\"\n}}\n"),
             ),
         ],
+        Lang::C => vec![(
+            format!("{name}.c").into(),
+            fill(include_str!("../../../sdk/c/template/NAME.c")),
+        )],
         Lang::Rust => {
             let sdk = rust_sdk();
             let sdk = sdk.canonicalize().unwrap_or(sdk);
