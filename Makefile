@@ -16,7 +16,8 @@ VENV := $(CARGO_TARGET_DIR)/venv
 RUST_PLUGINS := $(patsubst plugins/%/Cargo.toml,%,$(wildcard plugins/*/Cargo.toml))
 # A Python plugin is a folder plugins/NAME holding NAME.py.
 PYTHON_PLUGINS := $(foreach d,$(wildcard plugins/*/),$(if $(wildcard $(d)$(notdir $(d:/=)).py),$(notdir $(d:/=))))
-# A C plugin is a folder plugins/NAME holding NAME.c.
+# A JavaScript plugin is a folder plugins/NAME holding NAME.js; a C plugin one holding NAME.c.
+JS_PLUGINS := $(foreach d,$(wildcard plugins/*/),$(if $(wildcard $(d)$(notdir $(d:/=)).js),$(notdir $(d:/=))))
 C_PLUGINS := $(foreach d,$(wildcard plugins/*/),$(if $(wildcard $(d)$(notdir $(d:/=)).c),$(notdir $(d:/=))))
 
 .PHONY: all build plugins wasm-target run test services test-rust test-interop bench venv fixtures c-bindings fmt lint clean
@@ -30,8 +31,8 @@ wasm-target:
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
 # Copy through a temporary name: a running worker watching the folder never sees half a file.
-# Python and C plugins build with `celeriac plugins build` (which installs componentize-py on
-# first use; C needs clang and wasi-libc).
+# Python, JavaScript and C plugins build with `celeriac plugins build` (which installs
+# componentize-py and componentize-js on first use; C needs clang and wasi-libc).
 plugins: wasm-target build
 	cd plugins && $(CARGO) build --release -j $(JOBS) --target wasm32-wasip2
 	@mkdir -p $(PLUGIN_OUT)
@@ -40,7 +41,7 @@ plugins: wasm-target build
 		mv $(PLUGIN_OUT)/.$$p.wasm.tmp $(PLUGIN_OUT)/$$p.wasm && \
 		echo "built $(PLUGIN_OUT)/$$p.wasm"; \
 	done
-	@for p in $(PYTHON_PLUGINS) $(C_PLUGINS); do \
+	@for p in $(PYTHON_PLUGINS) $(JS_PLUGINS) $(C_PLUGINS); do \
 		if [ -f plugins/$$p/$$p.c ] && ! command -v clang > /dev/null; then \
 			echo "skipped plugins/$$p: C plugins need clang and wasi-libc (make services installs them)"; continue; \
 		fi; \

@@ -1,7 +1,9 @@
 //! The host's own cost per task, without a broker: a Celery task message (kombu's JSON
 //! envelope, as it arrives from Redis) is decoded, a fresh instance of the math plugin
 //! runs `math.add`, and the result meta is encoded, as the worker does for every task.
-//! A second case times the fresh instance and call alone.
+//! A second case times the fresh instance and call alone. Then, per guest language, a
+//! trivial task in a fresh instance and in a kept one (`reuse_instance = true`), for each
+//! first-party plugin that is built.
 //!
 //! Needs the built plugin: `make plugins`, then `make bench` (or `cargo bench -p celeriac
 //! --bench host_cost` with CELERIAC_PLUGIN_DIR set, default $CARGO_TARGET_DIR/plugins).
@@ -13,16 +15,19 @@ use celeriac::runtime::{Invocation, Outcome, Runtime};
 use criterion::{criterion_group, criterion_main, Criterion};
 use serde_json::{json, Map, Value};
 
-fn plugin_path() -> PathBuf {
-    let dir = std::env::var_os("CELERIAC_PLUGIN_DIR")
+fn plugin_dir() -> PathBuf {
+    std::env::var_os("CELERIAC_PLUGIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             let target = std::env::var_os("CARGO_TARGET_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
             target.join("plugins")
-        });
-    dir.join("math.wasm")
+        })
+}
+
+fn plugin_path() -> PathBuf {
+    plugin_dir().join("math.wasm")
 }
 
 fn invocation(request: &TaskRequest) -> Invocation {
@@ -59,5 +64,36 @@ fn host_cost(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, host_cost);
+/// A trivial task per guest language: (plugin file, task, args).
+const TRIVIAL: [(&str, &str, &str); 4] = [
+    ("math", "math.add", "[2, 3]"),
+    ("hashkit", "hashkit.crc32", "[\"a\"]"),
+    ("textkit", "textkit.words", "[\"a\"]"),
+    ("jsonkit", "jsonkit.echo", "[1]"),
+];
+
+fn per_language(c: &mut Criterion) {
+    let runtime = Runtime::new(1, celeriac::runtime::cache::default_cache_dir()).expect("wasmtime engine");
+    for (file, task, args) in TRIVIAL {
+        let path = plugin_dir().join(format!("{file}.wasm"));
+        let Ok(fresh) = runtime.load_file(&path) else {
+            eprintln!("skipping {task}: {} is not built", path.display());
+            continue;
+        };
+        let mut kept = (*fresh).clone();
+        kept.manifest.reuse_instance = true;
+        let args: Vec<Value> = serde_json::from_str(args).expect("args");
+        let request = TaskRequest::new(task, args, Map::new());
+        for (how, plugin) in [("fresh", &*fresh), ("reused", &kept)] {
+            c.bench_function(&format!("{task} ({file}), {how} instance"), |b| {
+                b.iter(|| {
+                    let outcome = runtime.execute(plugin, invocation(&request));
+                    assert!(matches!(outcome, Outcome::Success(_)), "{task}: {outcome:?}");
+                })
+            });
+        }
+    }
+}
+
+criterion_group!(benches, host_cost, per_language);
 criterion_main!(benches);

@@ -257,6 +257,10 @@ bool exports_celeriac_task_handler_run(exports_celeriac_task_handler_task_contex
         if (!result && !has_error) celeriac_fail("RuntimeError", "the task returned no result");
     }
     free(name), free(id), free(args), free(kwargs);
+    /* The parameters belong to the callee: freed here, or a kept instance leaks per task. */
+    exports_celeriac_task_handler_task_context_free(ctx);
+    plugin_string_free(args_json);
+    plugin_string_free(kwargs_json);
     if (has_error) {
         free(result);
         *err = pending_error;

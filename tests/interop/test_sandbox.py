@@ -11,7 +11,7 @@ import threading
 import pytest
 from billiard.exceptions import TimeLimitExceeded
 
-from conftest import PLUGINS, REDIS_HOST, REDIS_PORT, celery_app
+from conftest import PLUGINS, REDIS_HOST, REDIS_PORT, celery_app, eventually
 
 TIMEOUT = 60
 
@@ -143,3 +143,17 @@ connect = ["{granted}"]
             call(task, *args)
     assert not (shared / "new.txt").exists()
     still_healthy(worker, app)
+
+
+def test_each_task_gets_a_fresh_instance_unless_the_manifest_asks_for_reuse(tmp_path, db, make_worker):
+    worker = make_worker(url(db), url(db), "--concurrency", "1")
+    app = celery_app(url(db), url(db))
+    count = lambda: app.send_task("math.counter").get(timeout=TIMEOUT)  # noqa: E731
+    assert [count() for _ in range(3)] == [1, 1, 1], "state leaked from one task to the next"
+    (worker.plugins / "math.toml").write_text("reuse_instance = true\n")
+    assert eventually(lambda: worker.log().count("plugin loaded plugin=math") >= 2)
+    assert [count() for _ in range(3)] == [1, 2, 3], "the kept instance was not reused"
+    # A task that traps takes its instance with it.
+    with pytest.raises(Exception):
+        app.send_task("math.panic").get(timeout=TIMEOUT)
+    assert count() == 1

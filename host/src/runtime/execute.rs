@@ -1,4 +1,5 @@
-//! Running one task: a fresh instance in a fresh store, the call, and the classification
+//! Running one task: a fresh instance in a fresh store (or a kept one, where the plugin
+//! asks for reuse), the call, and the classification
 //! of whatever happened into an [`Outcome`]. Nothing a guest does can panic the host:
 //! traps, time limits, memory exhaustion and exits all become task failures.
 
@@ -14,6 +15,7 @@ use wasmtime_wasi::{ResourceTable, WasiCtxBuilder};
 use super::bindings::{TaskContext, TaskError};
 use super::limits::{Deadline, MemoryLimiter};
 use super::plugin::PluginVersion;
+use super::reuse;
 use super::state::{ProgressSink, TaskState};
 use super::{Runtime, RuntimeError};
 use crate::protocol::time::seconds;
@@ -145,7 +147,8 @@ impl Runtime {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| Ok(deadline.on_tick()));
+        // Read from the store: a kept instance gets each task's own deadline.
+        store.epoch_deadline_callback(|store| Ok(store.data().deadline.on_tick()));
         Ok((store, stdout, stderr))
     }
 
@@ -173,25 +176,49 @@ impl Runtime {
         let soft = invocation.soft_time_limit.or(manifest_soft);
         let deadline = Deadline::new(hard, soft, invocation.cancel.clone());
         let ctx = &invocation.context;
-        let (mut store, stdout, stderr) = match self.new_store(
-            plugin,
-            &ctx.id,
-            &ctx.name,
-            deadline.clone(),
-            invocation.progress.clone(),
-        ) {
-            Ok(parts) => parts,
-            Err(err) => {
-                let outcome = Outcome::failure("PluginError", "celeriac.exceptions", err.to_string(), None);
-                return (outcome, 0);
+        let reuse = plugin.manifest.reuse_instance;
+        let kept = if reuse { reuse::take(&plugin.digest) } else { None };
+        let (mut store, stdout, stderr, instance) = match kept {
+            Some(kept) => {
+                let mut store = kept.store;
+                store
+                    .data_mut()
+                    .begin_task(&ctx.id, &ctx.name, deadline.clone(), invocation.progress.clone());
+                store.set_epoch_deadline(1);
+                (store, kept.stdout, kept.stderr, Ok(kept.instance))
             }
+            None => match self.new_store(
+                plugin,
+                &ctx.id,
+                &ctx.name,
+                deadline.clone(),
+                invocation.progress.clone(),
+            ) {
+                Ok((mut store, stdout, stderr)) => {
+                    let instance = plugin.pre.instantiate(&mut store);
+                    (store, stdout, stderr, instance)
+                }
+                Err(err) => {
+                    let outcome = Outcome::failure("PluginError", "celeriac.exceptions", err.to_string(), None);
+                    return (outcome, 0);
+                }
+            },
         };
-        let result = plugin.pre.instantiate(&mut store).and_then(|instance| {
-            instance
-                .celeriac_task_handler()
-                .call_run(&mut store, ctx, &invocation.args_json, &invocation.kwargs_json)
-        });
-        let out = stdout.contents();
+        // A kept instance's pipes hold earlier tasks' output too: only this task's counts.
+        let (out_from, err_from) = (stdout.contents().len(), stderr.contents().len());
+        let (instance, result) = match instance {
+            Ok(instance) => {
+                let result = instance.celeriac_task_handler().call_run(
+                    &mut store,
+                    ctx,
+                    &invocation.args_json,
+                    &invocation.kwargs_json,
+                );
+                (Some(instance), result)
+            }
+            Err(err) => (None, Err(err)),
+        };
+        let out = stdout.contents().slice(out_from..);
         if !out.is_empty() {
             tracing::debug!(task_id = %ctx.id, task = %ctx.name, plugin = %plugin.name,
                 stdout = %String::from_utf8_lossy(&out), "guest output");
@@ -201,6 +228,7 @@ impl Runtime {
                 soft_limit = ?soft, "task ran past its soft time limit");
         }
         let max_result = plugin.manifest.max_result_bytes();
+        let returned = result.is_ok();
         let outcome = match result {
             Ok(Ok(json)) if json.len() > max_result => Outcome::failure(
                 "ResultTooLarge",
@@ -213,9 +241,22 @@ impl Runtime {
             ),
             Ok(Ok(json)) => Outcome::Success(json),
             Ok(Err(error)) => from_task_error(error),
-            Err(err) => classify_trap(err, &store, &deadline, hard, &stderr.contents()),
+            Err(err) => classify_trap(err, &store, &deadline, hard, &stderr.contents()[err_from..]),
         };
-        (outcome, store.data().limiter.peak_bytes())
+        let peak = store.data().limiter.peak_bytes();
+        // Kept only after a call that returned: a trap may leave the instance broken.
+        if let (true, true, Some(instance)) = (reuse, returned, instance) {
+            reuse::keep(
+                &plugin.digest,
+                reuse::Kept {
+                    store,
+                    instance,
+                    stdout,
+                    stderr,
+                },
+            );
+        }
+        (outcome, peak)
     }
 }
 

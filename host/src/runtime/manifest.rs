@@ -30,6 +30,11 @@ pub struct Manifest {
     /// Per-task options, by task name: `[tasks."math.add"]`.
     #[serde(default)]
     pub tasks: BTreeMap<String, TaskOptions>,
+    /// Keep each executor thread's instance between tasks instead of a fresh one per
+    /// task: much faster for interpreters (Python, JavaScript), but what one task leaves
+    /// in the instance's memory, the next one sees.
+    #[serde(default)]
+    pub reuse_instance: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]

@@ -13,6 +13,7 @@ pub mod limits;
 pub mod manifest;
 pub mod plugin;
 pub mod registry;
+mod reuse;
 pub mod state;
 pub mod watcher;
 

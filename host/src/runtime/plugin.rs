@@ -18,6 +18,7 @@ use super::{Runtime, RuntimeError};
 
 /// One loaded version of a plugin file. Running tasks hold an `Arc` of it, so a reload
 /// lets them finish on the version they started with.
+#[derive(Clone)]
 pub struct PluginVersion {
     /// The file stem: `math` for `math.wasm`.
     pub name: String,

@@ -28,6 +28,18 @@ pub struct TaskState {
     pub max_meta: usize,
 }
 
+impl TaskState {
+    /// Ready a kept instance's state for the next task.
+    pub fn begin_task(&mut self, task_id: &str, task_name: &str, deadline: Deadline, progress: Option<ProgressSink>) {
+        self.task_id = task_id.to_owned();
+        self.task_name = task_name.to_owned();
+        self.deadline = deadline;
+        self.progress = progress;
+        self.log_budget = LOG_BUDGET;
+        self.limiter.hit = false;
+    }
+}
+
 /// Log bytes one task may write in all.
 pub const LOG_BUDGET: usize = 1 << 20;
 /// Longest log line kept; a longer one is cut.

@@ -90,10 +90,18 @@ fn alloc(mb: usize) -> usize {
     mb
 }
 
+/// How many times this instance has run this task: always 1 in a fresh instance per
+/// task (the default), 1, 2, 3… when the manifest asks for `reuse_instance`.
+#[task]
+fn counter() -> u64 {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+}
+
 /// Panic on purpose: the worker must report a failure and carry on.
 #[task]
 fn panic() -> Value {
     panic!("math.panic was called: panicking on purpose")
 }
 
-celeriac_sdk::export!(add, mul, tsum, div, fib, spin, progress, echo, alloc, panic);
+celeriac_sdk::export!(add, mul, tsum, div, fib, spin, progress, echo, alloc, counter, panic);
