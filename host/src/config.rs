@@ -153,6 +153,7 @@ pub struct FileConfig {
     pub task_events: Option<bool>,
     pub statedb: Option<PathBuf>,
     pub park_eta_after: Option<f64>,
+    pub shutdown_timeout: Option<f64>,
     pub otlp_endpoint: Option<String>,
     pub result_expires: Option<u64>,
     pub log_format: Option<String>,

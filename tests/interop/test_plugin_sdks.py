@@ -43,7 +43,7 @@ def test_a_new_plugin_builds_and_serves_celery(lang, tmp_path, db, make_worker):
         "python": [sys.executable, "-m", "pytest", "-q", folder],
         "js": ["node", "--test", folder / f"{name}.test.mjs"],
         "rust": None,  # `cargo test` in the folder; not run here, it compiles for the host
-        "c": None,  # no native test: the task is checked through the worker below
+        "c": ["make", "-C", folder, "test"],
     }[lang]
     if native_test:
         tested = subprocess.run(native_test, capture_output=True, text=True)

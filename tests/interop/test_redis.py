@@ -7,6 +7,7 @@ each other's keys. The Redis-restart test runs a private redis-server on a free 
 import base64
 import json
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -301,3 +302,18 @@ def test_a_rate_limit_across_workers_holds_for_the_whole_fleet(db, make_worker, 
     # Ten starts at 5/s across the fleet: nine intervals of 0.2 s (each worker alone at
     # 5/s would have taken half that).
     assert time.monotonic() - began >= 1.8
+
+
+def test_sigterm_waits_out_the_grace_period_then_returns_running_tasks_to_the_queue(db, make_worker):
+    worker = make_worker(url(db), url(db), "--shutdown-timeout", "1")
+    app = celery_app(url(db), url(db))
+    task = app.send_task("math.spin", (30_000,))
+    worker.wait_for_log(f"math.spin[{task.id}] received")
+    time.sleep(0.5)
+    began = time.monotonic()
+    worker.process.send_signal(signal.SIGTERM)
+    worker.process.wait(timeout=20)
+    assert time.monotonic() - began < 5, "the worker waited for the task beyond its grace period"
+    assert "returning it to the queue" in worker.log()
+    assert task.state == "PENDING", "a task stopped by the shutdown must not be stored as revoked"
+    assert redis.Redis(REDIS_HOST, REDIS_PORT, db).llen("celery") == 1, "the message is back in its queue"

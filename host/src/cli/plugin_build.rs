@@ -36,13 +36,25 @@ pub enum Lang {
     C,
 }
 
-/// The C SDK and the bindings `wit-bindgen c` generated from the WIT.
-const C_SDK: [(&str, &str); 4] = [
+/// The C SDK, the bindings `wit-bindgen c` generated from the WIT, and the stand-ins for
+/// the worker that a plugin's native tests link.
+const C_SDK: [(&str, &str); 5] = [
     ("celeriac.h", include_str!("../../../sdk/c/celeriac.h")),
     ("celeriac.c", include_str!("../../../sdk/c/celeriac.c")),
     ("plugin.h", include_str!("../../../sdk/c/plugin.h")),
     ("plugin.c", include_str!("../../../sdk/c/plugin.c")),
+    ("celeriac_native.c", include_str!("../../../sdk/c/celeriac_native.c")),
 ];
+
+/// Write the C SDK under the cache folder; its path.
+pub fn c_sdk() -> anyhow::Result<PathBuf> {
+    let cache = crate::runtime::cache::default_cache_dir().context("no cache folder: set CELERIAC_CACHE_DIR")?;
+    let sdk = cache.join("sdk/c");
+    for (file, text) in C_SDK {
+        write(&sdk.join(file), text)?;
+    }
+    Ok(sdk)
+}
 
 /// The language and plugin name of a folder.
 fn detect(dir: &Path) -> anyhow::Result<(Lang, String)> {
@@ -203,14 +215,16 @@ fn componentize_js(cache: &Path) -> anyhow::Result<PathBuf> {
 }
 
 fn build_c(dir: &Path, out: &Path) -> anyhow::Result<()> {
-    let cache = crate::runtime::cache::default_cache_dir().context("no cache folder: set CELERIAC_CACHE_DIR")?;
-    let sdk = cache.join("sdk/c");
-    for (file, text) in C_SDK {
-        write(&sdk.join(file), text)?;
-    }
+    let sdk = c_sdk()?;
+    // Every .c file but the native tests (test_*.c).
     let mut sources: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|path| path.extension().is_some_and(|e| e == "c"))
+        .filter(|path| {
+            !path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("test_"))
+        })
         .collect();
     sources.sort();
     let core = dir.join(".celeriac-core.wasm");

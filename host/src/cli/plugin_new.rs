@@ -65,10 +65,23 @@ pub fn scaffold(lang: Lang, name: &str, parent: &Path) -> anyhow::Result<PathBuf
                 format!("{{\n  \"name\": \"{name}\",\n  \"private\": true,\n  \"type\": \"module\"\n}}\n"),
             ),
         ],
-        Lang::C => vec![(
-            format!("{name}.c").into(),
-            fill(include_str!("../../../sdk/c/template/NAME.c")),
-        )],
+        Lang::C => {
+            let sdk = super::plugin_build::c_sdk()?;
+            vec![
+                (
+                    format!("{name}.c").into(),
+                    fill(include_str!("../../../sdk/c/template/NAME.c")),
+                ),
+                (
+                    format!("test_{name}.c").into(),
+                    fill(include_str!("../../../sdk/c/template/test_NAME.c")),
+                ),
+                (
+                    "Makefile".into(),
+                    fill(include_str!("../../../sdk/c/template/Makefile")).replace("{{sdk}}", &sdk.to_string_lossy()),
+                ),
+            ]
+        }
         Lang::Rust => {
             let sdk = rust_sdk();
             let sdk = sdk.canonicalize().unwrap_or(sdk);

@@ -72,6 +72,10 @@ pub struct WorkerArgs {
     /// they would hold a reservation and an unacked delivery (default 10; 0 never parks).
     #[arg(long, env = "CELERIAC_PARK_ETA_AFTER")]
     pub park_eta_after: Option<f64>,
+    /// On SIGTERM, wait this many seconds for running tasks, then stop them and return
+    /// their messages to the queue (default: wait as long as they take, as Celery does).
+    #[arg(long, env = "CELERIAC_SHUTDOWN_TIMEOUT")]
+    pub shutdown_timeout: Option<f64>,
     /// Send a trace span per task to this OpenTelemetry collector (OTLP over HTTP, e.g.
     /// http://127.0.0.1:4318). Off by default.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
@@ -122,6 +126,11 @@ pub async fn run(common: &CommonArgs, file: &FileConfig, args: WorkerArgs) -> an
                 .or(file.park_eta_after)
                 .unwrap_or(DEFAULT_PARK_ETA_AFTER),
         )?,
+        shutdown_timeout: match args.shutdown_timeout.or(file.shutdown_timeout) {
+            Some(s) if s.is_finite() && s >= 0.0 => Some(std::time::Duration::from_secs_f64(s)),
+            Some(s) => anyhow::bail!("--shutdown-timeout {s} must be a number of seconds, 0 or more"),
+            None => None,
+        },
     };
 
     let runtime = Arc::new(Runtime::new(concurrency, default_cache_dir())?);

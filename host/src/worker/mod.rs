@@ -70,6 +70,9 @@ pub struct WorkerConfig {
     pub state_db: Option<std::path::PathBuf>,
     /// Park a task in the broker when its ETA is further off than this.
     pub park_eta_after: Option<Duration>,
+    /// How long a warm shutdown waits for running tasks before it stops them and hands
+    /// their messages back (`None`: as long as they take, as Celery does).
+    pub shutdown_timeout: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +113,9 @@ struct Shared {
     revoked: revoked::Revoked,
     overrides: overrides::Overrides,
     telemetry: Option<Arc<Telemetry>>,
+    /// Set when the shutdown grace period ran out: tasks stopped then go back to their
+    /// queue instead of being stored as REVOKED.
+    abandoning: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -238,6 +244,7 @@ impl Worker {
             },
             overrides: overrides::Overrides::default(),
             telemetry: self.telemetry.clone(),
+            abandoning: std::sync::atomic::AtomicBool::new(false),
         });
         let _ = self.status.inspector.set(Inspector(shared.clone()));
         if let Some(bus) = &self.control {
@@ -296,7 +303,17 @@ impl Worker {
         self.status.ready.store(false, std::sync::atomic::Ordering::Relaxed);
         tracing::info!("warm shutdown: no new tasks; waiting for running tasks to finish");
         // Every handler holds a reservation until it has acked or handed its message back.
-        shared.gate.drain().await;
+        match self.config.shutdown_timeout {
+            Some(grace) if tokio::time::timeout(grace, shared.gate.drain()).await.is_err() => {
+                shared.abandoning.store(true, std::sync::atomic::Ordering::Relaxed);
+                let stopped = shared.tracker.terminate_all();
+                tracing::warn!(grace = ?grace, stopped,
+                    "running tasks outlived the shutdown grace period: stopping them and returning their messages to the queue");
+                shared.gate.drain().await;
+            }
+            Some(_) => {}
+            None => shared.gate.drain().await,
+        }
         events::heartbeat(&shared, "worker-offline", events::HEARTBEAT_EVERY.as_secs_f64()).await;
         self.broker.close().await?;
         if let Some(telemetry) = self.telemetry.clone() {

@@ -287,6 +287,14 @@ pub(super) async fn outcome(
             }
             return;
         }
+        Outcome::Terminated if shared.abandoning.load(std::sync::atomic::Ordering::Relaxed) => {
+            tracing::warn!(task_id = %id, task = %name, plugin = %plugin.name,
+                "Task {name}[{id}] stopped by the shutdown; returning it to the queue");
+            if settle_with.is_some() {
+                settle(shared, delivery, Settle::Reject { requeue: true }).await;
+            }
+            return;
+        }
         Outcome::Terminated => {
             tracing::warn!(task_id = %id, task = %name, plugin = %plugin.name, "Task {name}[{id}] terminated");
             let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", "terminated");

@@ -219,6 +219,19 @@ impl Tracker {
         found
     }
 
+    /// Stop every running task at its next tick; how many.
+    pub fn terminate_all(&self) -> usize {
+        let held = self.held();
+        let mut stopped = 0;
+        for h in held.values() {
+            if let Phase::Active { cancel, .. } = &h.phase {
+                cancel.store(true, Ordering::Relaxed);
+                stopped += 1;
+            }
+        }
+        stopped
+    }
+
     /// Tasks running now.
     pub fn active_count(&self) -> usize {
         let held = self.held();
