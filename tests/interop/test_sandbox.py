@@ -157,3 +157,31 @@ def test_each_task_gets_a_fresh_instance_unless_the_manifest_asks_for_reuse(tmp_
     with pytest.raises(Exception):
         app.send_task("math.panic").get(timeout=TIMEOUT)
     assert count() == 1
+
+
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_memory_caps_hold_under_concurrency(tmp_path, db, make_worker):
+    cap_mb, slots = 64, 2
+    worker, app, call = probe_worker(tmp_path, db, make_worker, f"[limits]\nmemory_mb = {cap_mb}\n")
+    assert call("environment") == {}  # loaded and warm
+    idle = rss_mib(worker.process.pid)
+    results = [app.send_task("probe.hog_memory") for _ in range(2 * slots)]
+    peak = idle
+    while not all(r.ready() for r in results):
+        peak = max(peak, rss_mib(worker.process.pid))
+    for result in results:
+        with pytest.raises(MemoryError):
+            result.get(timeout=TIMEOUT)
+    # Each running instance may hold its cap; the stated overhead covers the host's own
+    # buffers and the instances' stacks and tables.
+    overhead_mb = 48
+    print(f"idle {idle:.1f} MiB, peak {peak:.1f} MiB")
+    assert peak <= idle + slots * cap_mb + overhead_mb, f"RSS went from {idle:.1f} to {peak:.1f} MiB"
+    still_healthy(worker, app)
