@@ -1,7 +1,8 @@
 # Celeriac — the README's commands.
 #   make run      build everything, then run a worker on the embedded SQLite broker
 #   make test     unit, end-to-end and Python Celery interop tests
-#   make plugins  build every plugin under plugins/ into $(CARGO_TARGET_DIR)/plugins/NAME.wasm
+#   make plugins  build the Rust plugins under plugins/ into $(CARGO_TARGET_DIR)/plugins/NAME.wasm
+#   make example-plugins  the Python, JavaScript and C ones too (installs their toolchains once)
 #   make bench    Celeriac against Celery's prefork worker; writes tests/bench/RESULTS.md
 
 CARGO_TARGET_DIR ?= $(CURDIR)/target
@@ -20,7 +21,7 @@ PYTHON_PLUGINS := $(foreach d,$(wildcard plugins/*/),$(if $(wildcard $(d)$(notdi
 JS_PLUGINS := $(foreach d,$(wildcard plugins/*/),$(if $(wildcard $(d)$(notdir $(d:/=)).js),$(notdir $(d:/=))))
 C_PLUGINS := $(foreach d,$(wildcard plugins/*/),$(if $(wildcard $(d)$(notdir $(d:/=)).c),$(notdir $(d:/=))))
 
-.PHONY: all build plugins wasm-target run test services test-rust test-interop bench venv fixtures c-bindings fmt lint clean
+.PHONY: all build plugins example-plugins wasm-target run test services test-rust test-interop bench venv fixtures c-bindings fmt lint clean
 
 all: build plugins
 
@@ -31,9 +32,7 @@ wasm-target:
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
 # Copy through a temporary name: a running worker watching the folder never sees half a file.
-# Python, JavaScript and C plugins build with `celeriac plugins build` (which installs
-# componentize-py and componentize-js on first use; C needs clang and wasi-libc).
-plugins: wasm-target build
+plugins: wasm-target
 	cd plugins && $(CARGO) build --release -j $(JOBS) --target wasm32-wasip2
 	@mkdir -p $(PLUGIN_OUT)
 	@for p in $(RUST_PLUGINS); do \
@@ -41,6 +40,12 @@ plugins: wasm-target build
 		mv $(PLUGIN_OUT)/.$$p.wasm.tmp $(PLUGIN_OUT)/$$p.wasm && \
 		echo "built $(PLUGIN_OUT)/$$p.wasm"; \
 	done
+
+# The first-party Python, JavaScript and C plugins, built with `celeriac plugins build`
+# (which installs componentize-py and componentize-js on first use; C needs clang and
+# wasi-libc, which `make services` installs). `make test` and `make bench` use them.
+example-plugins: build
+	@mkdir -p $(PLUGIN_OUT)
 	@for p in $(PYTHON_PLUGINS) $(JS_PLUGINS) $(C_PLUGINS); do \
 		if [ -f plugins/$$p/$$p.c ] && ! command -v clang > /dev/null; then \
 			echo "skipped plugins/$$p: C plugins need clang and wasi-libc (make services installs them)"; continue; \
@@ -66,7 +71,7 @@ $(VENV)/.installed: tests/interop/requirements.txt
 	$(VENV)/bin/pip install -q -r tests/interop/requirements.txt
 	touch $@
 
-test: services build plugins venv test-rust test-interop
+test: services build plugins example-plugins venv test-rust test-interop
 
 # Redis and RabbitMQ on 127.0.0.1, started if they are not running; the Debian packages the
 # tests need (ZooKeeper, clang and wasi-libc for C plugins, Chromium), installed if missing.
@@ -83,7 +88,7 @@ test-interop:
 
 # Speed is measured here, never asserted in tests. BENCH_ARGS="--tasks 5000 --runs 1" for a quick look.
 # First the host's per-task cost (criterion), then Celeriac against Celery (RESULTS.md, RESULTS.png).
-bench: build plugins venv
+bench: build plugins example-plugins venv
 	$(VENV)/bin/pip install -q matplotlib
 	CELERIAC_PLUGIN_DIR=$(PLUGIN_OUT) $(CARGO) bench -j $(JOBS) -p celeriac --bench host_cost
 	CELERIAC_BIN=$(BIN) CELERIAC_PLUGIN_DIR=$(PLUGIN_OUT) \

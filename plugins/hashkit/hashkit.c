@@ -1,5 +1,5 @@
 /* hashkit: Celeriac's first-party C plugin, checksums and hashes of text.
- * Built by `make plugins` with `celeriac plugins build plugins/hashkit`. */
+ * Built by `make example-plugins` with `celeriac plugins build plugins/hashkit`. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>

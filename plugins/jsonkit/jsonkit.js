@@ -1,5 +1,5 @@
 // jsonkit: Celeriac's first-party JavaScript plugin, JSON and templating.
-// Built by `make plugins` with `celeriac plugins build plugins/jsonkit`.
+// Built by `make example-plugins` with `celeriac plugins build plugins/jsonkit`.
 
 import { task, TaskError } from "./celeriac.js";
 

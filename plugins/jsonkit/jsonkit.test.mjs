@@ -1,4 +1,4 @@
-// `node --test plugins/jsonkit` (after `make plugins`, which puts the SDK beside it)
+// `node --test plugins/jsonkit` (after `make example-plugins`, which puts the SDK beside it)
 import assert from "node:assert/strict";
 import test from "node:test";
 

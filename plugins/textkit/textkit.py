@@ -1,6 +1,6 @@
 """textkit: Celeriac's first-party Python plugin, text processing with the standard library.
 
-Built by `make plugins` with `celeriac plugins build plugins/textkit`.
+Built by `make example-plugins` with `celeriac plugins build plugins/textkit`.
 """
 
 import collections
