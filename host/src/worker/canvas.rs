@@ -171,17 +171,18 @@ fn chord(
         .filter(|b| b.is_object())
         .ok_or_else(malformed)?
         .clone();
+    let body_options = options_mut(&mut body).ok_or_else(malformed)?;
     if !chain.is_empty() {
-        body["options"]["chain"] = Value::Array(chain);
+        body_options.insert("chain".into(), Value::Array(chain));
     }
+    // The size travels with the body for backends that keep no count of their own (rpc).
+    body_options.insert("chord_size".into(), header_len(header).into());
     let group_id = header
         .get("options")
         .and_then(|o| o.get("task_id"))
         .and_then(Value::as_str)
         .map_or_else(|| group_id(signature), str::to_owned);
     let first = immutable_or(signature, first);
-    // The size travels with the body for backends that keep no count of their own (rpc).
-    body["options"]["chord_size"] = header_len(header).into();
     let header = members(header, &group_id, Some(&body))?
         .iter()
         .map(|member| plain(parent, member, first, Vec::new()))
@@ -196,6 +197,18 @@ fn chord(
         .chain(header.into_iter().map(Step::Publish))
         .map(Ok)
         .collect())
+}
+
+/// A signature's `options`, made an object if it is missing or is something else.
+fn options_mut(signature: &mut Value) -> Option<&mut Map<String, Value>> {
+    let options = signature
+        .as_object_mut()?
+        .entry("options")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !options.is_object() {
+        *options = Value::Object(Map::new());
+    }
+    options.as_object_mut()
 }
 
 /// How many tasks a chord header has.
@@ -229,20 +242,13 @@ fn members(group: &Value, group_id: &str, chord: Option<&Value>) -> Result<Vec<V
                 "groups and chords whose members are not plain tasks are not supported".into(),
             ));
         }
-        let options = task
-            .as_object_mut()
-            .ok_or_else(|| CanvasError::Malformed(crate::protocol::repr::repr(group)))?
-            .entry("options")
-            .or_insert_with(|| Value::Object(Map::new()));
-        if !options.is_object() {
-            *options = Value::Object(Map::new());
-        }
-        options["group_id"] = Value::String(group_id.to_owned());
+        let options = options_mut(task).ok_or_else(|| CanvasError::Malformed(crate::protocol::repr::repr(group)))?;
+        options.insert("group_id".into(), Value::String(group_id.to_owned()));
         if options.get("group_index").is_none_or(Value::is_null) {
-            options["group_index"] = index.into();
+            options.insert("group_index".into(), index.into());
         }
         if let Some(chord) = chord {
-            options["chord"] = chord.clone();
+            options.insert("chord".into(), chord.clone());
         }
     }
     Ok(tasks)
@@ -458,6 +464,17 @@ mod tests {
             .map(|s| s["options"]["task_id"].clone())
             .collect();
         assert_eq!(ids, vec![json!("b"), json!("a")]);
+    }
+
+    #[test]
+    fn a_chord_whose_body_options_are_not_an_object_is_still_sent() {
+        let header = json!([sig("math.add", json!([1]), json!({"task_id": "h"}))]);
+        let body = json!({"task": "math.tsum", "args": [], "kwargs": {}, "options": "oops"});
+        let chord = json!({"task": "celery.chord", "subtask_type": "chord", "args": [], "options": 7,
+            "kwargs": {"header": header, "body": body}});
+        let then = sig("math.add", json!([2]), json!({}));
+        let steps = after_success(&parent(json!({"chain": [then, chord]})), &json!(1));
+        assert_eq!(published(steps).len(), 1);
     }
 
     #[test]
