@@ -49,16 +49,16 @@ return {0, {}}
 
 /// Give up a claim: after the body was sent, drop the chord's keys and mark it done;
 /// otherwise free the claim for the header task's next delivery.
-/// KEYS: .c .j .t .s .d. ARGV: claim token, `1` if the body was sent, done seconds.
+/// KEYS: .j .t .s .d .c. ARGV: claim token, `1` if the body was sent, done seconds.
 const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+if redis.call('GET', KEYS[5]) ~= ARGV[1] then
   return 0
 end
 if ARGV[2] == '1' then
-  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
-  redis.call('SET', KEYS[1], 'done', 'EX', tonumber(ARGV[3]))
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+  redis.call('SET', KEYS[5], 'done', 'EX', tonumber(ARGV[3]))
 else
-  redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[5])
 end
 return 1
 ";
@@ -70,6 +70,15 @@ pub struct RedisChords {
 
 fn key(group_id: &str, suffix: &str) -> String {
     format!("{GROUP_KEY_PREFIX}{group_id}{suffix}")
+}
+
+/// A script call on a chord's keys, in the order both scripts take them: .j .t .s .d .c.
+fn on_chord_keys<'a>(script: &'a Script, group_id: &str) -> redis::ScriptInvocation<'a> {
+    let mut invocation = script.prepare_invoke();
+    for suffix in [".j", ".t", ".s", ".d", ".c"] {
+        invocation.key(key(group_id, suffix));
+    }
+    invocation
 }
 
 fn op(err: redis::RedisError) -> BackendError {
@@ -115,13 +124,7 @@ impl RedisChords {
         let score = part.group_index.map_or_else(|| "+inf".to_owned(), |i| i.to_string());
         let entry = json!([1, part.task_id, part.state.as_str(), part.result]).to_string();
         let claim = uuid::Uuid::new_v4().simple().to_string();
-        let (claimed, entries): (i64, Vec<String>) = self
-            .part_return
-            .key(key(group, ".j"))
-            .key(key(group, ".t"))
-            .key(key(group, ".s"))
-            .key(key(group, ".d"))
-            .key(key(group, ".c"))
+        let (claimed, entries): (i64, Vec<String>) = on_chord_keys(&self.part_return, group)
             .arg(format!("{}:{score}", part.task_id))
             .arg(entry)
             .arg(score)
@@ -148,13 +151,7 @@ impl RedisChords {
         claim: &str,
         body_sent: bool,
     ) -> Result<(), BackendError> {
-        let _: i64 = self
-            .release
-            .key(key(group_id, ".c"))
-            .key(key(group_id, ".j"))
-            .key(key(group_id, ".t"))
-            .key(key(group_id, ".s"))
-            .key(key(group_id, ".d"))
+        let _: i64 = on_chord_keys(&self.release, group_id)
             .arg(claim)
             .arg(if body_sent { "1" } else { "0" })
             .arg(DONE_SECONDS)

@@ -48,7 +48,7 @@ const C_SDK: [(&str, &str); 5] = [
 
 /// Write the C SDK under the cache folder; its path.
 pub fn c_sdk() -> anyhow::Result<PathBuf> {
-    let cache = crate::runtime::cache::default_cache_dir().context("no cache folder: set CELERIAC_CACHE_DIR")?;
+    let cache = cache_dir()?;
     let sdk = cache.join("sdk/c");
     for (file, text) in C_SDK {
         write(&sdk.join(file), text)?;
@@ -137,7 +137,7 @@ fn build_rust(dir: &Path, name: &str, out: &Path) -> anyhow::Result<()> {
 }
 
 fn build_python(dir: &Path, name: &str, out: &Path) -> anyhow::Result<()> {
-    let cache = crate::runtime::cache::default_cache_dir().context("no cache folder: set CELERIAC_CACHE_DIR")?;
+    let cache = cache_dir()?;
     let wit = cache.join("sdk/wit");
     write(&wit.join("celeriac.wit"), WIT)?;
     let mut command = Command::new(componentize_py(&cache)?);
@@ -156,7 +156,7 @@ fn build_python(dir: &Path, name: &str, out: &Path) -> anyhow::Result<()> {
 }
 
 fn build_js(dir: &Path, name: &str, out: &Path) -> anyhow::Result<()> {
-    let cache = crate::runtime::cache::default_cache_dir().context("no cache folder: set CELERIAC_CACHE_DIR")?;
+    let cache = cache_dir()?;
     let wit = cache.join("sdk/wit/celeriac.wit");
     write(&wit, WIT)?;
     if !dir.join("celeriac.js").is_file() {
@@ -188,14 +188,24 @@ fn build_js(dir: &Path, name: &str, out: &Path) -> anyhow::Result<()> {
     run(&mut command)
 }
 
+/// Where SDK files and toolchains go (`~/.cache/celeriac`, or `CELERIAC_CACHE_DIR`).
+fn cache_dir() -> anyhow::Result<PathBuf> {
+    crate::runtime::cache::default_cache_dir().context("no cache folder: set CELERIAC_CACHE_DIR")
+}
+
+/// A tool named by the environment variable `setting`, else `tool` if it runs from PATH.
+fn configured_or_on_path(setting: &str, tool: &str) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os(setting) {
+        return Some(path.into());
+    }
+    let on_path = Command::new(tool).arg("--version").output();
+    on_path.is_ok_and(|o| o.status.success()).then(|| tool.into())
+}
+
 /// componentize-js: as configured, on PATH, or installed with npm into the cache.
 fn componentize_js(cache: &Path) -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("CELERIAC_COMPONENTIZE_JS") {
-        return Ok(path.into());
-    }
-    let on_path = Command::new("componentize-js").arg("--version").output();
-    if on_path.is_ok_and(|o| o.status.success()) {
-        return Ok("componentize-js".into());
+    if let Some(path) = configured_or_on_path("CELERIAC_COMPONENTIZE_JS", "componentize-js") {
+        return Ok(path);
     }
     let prefix = cache.join("toolchains/js");
     let installed = prefix.join("node_modules/.bin/componentize-js");
@@ -275,12 +285,8 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
 
 /// componentize-py: as configured, on PATH, or installed into the cache on first use.
 fn componentize_py(cache: &Path) -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("CELERIAC_COMPONENTIZE_PY") {
-        return Ok(path.into());
-    }
-    let on_path = Command::new("componentize-py").arg("--version").output();
-    if on_path.is_ok_and(|o| o.status.success()) {
-        return Ok("componentize-py".into());
+    if let Some(path) = configured_or_on_path("CELERIAC_COMPONENTIZE_PY", "componentize-py") {
+        return Ok(path);
     }
     let venv = cache.join("toolchains/python");
     let installed = venv.join("bin/componentize-py");
