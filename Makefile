@@ -4,6 +4,8 @@
 #   make plugins  build the Rust plugins under plugins/ into $(CARGO_TARGET_DIR)/plugins/NAME.wasm
 #   make example-plugins  the Python, JavaScript and C ones too (installs their toolchains once)
 #   make bench    Celeriac against Celery's prefork worker; writes tests/bench/RESULTS.md
+#   make fuzz     fuzz the message decoders (FUZZ_SECONDS per target, default 600)
+#   make soak     30 minutes of mixed tasks with broker restarts (SOAK_MINUTES)
 
 CARGO_TARGET_DIR ?= $(CURDIR)/target
 export CARGO_TARGET_DIR
@@ -21,7 +23,7 @@ PYTHON_PLUGINS := $(foreach d,$(wildcard plugins/*/),$(if $(wildcard $(d)$(notdi
 JS_PLUGINS := $(foreach d,$(wildcard plugins/*/),$(if $(wildcard $(d)$(notdir $(d:/=)).js),$(notdir $(d:/=))))
 C_PLUGINS := $(foreach d,$(wildcard plugins/*/),$(if $(wildcard $(d)$(notdir $(d:/=)).c),$(notdir $(d:/=))))
 
-.PHONY: all build plugins example-plugins wasm-target run test services test-rust test-interop bench venv fixtures c-bindings fmt lint clean
+.PHONY: all build plugins example-plugins wasm-target run test services test-rust test-interop test-fuzz fuzz fuzz-tools soak bench venv fixtures c-bindings fmt lint clean
 
 all: build plugins
 
@@ -71,7 +73,7 @@ $(VENV)/.installed: tests/interop/requirements.txt
 	$(VENV)/bin/pip install -q -r tests/interop/requirements.txt
 	touch $@
 
-test: services build plugins example-plugins venv test-rust test-interop
+test: services build plugins example-plugins venv test-rust test-interop test-fuzz
 
 # Redis and RabbitMQ on 127.0.0.1, started if they are not running; the Debian packages the
 # tests need (ZooKeeper, clang and wasi-libc for C plugins, Chromium), installed if missing.
@@ -85,6 +87,41 @@ test-rust:
 test-interop:
 	CELERIAC_BIN=$(BIN) CELERIAC_PLUGIN_DIR=$(PLUGIN_OUT) \
 		$(VENV)/bin/python -m pytest -q tests/interop
+
+# Fuzzing (cargo-fuzz on the nightly toolchain) of every decoder a broker's bytes reach:
+# kombu's envelope, SQS bodies, AMQP header tables, task messages, result metas. The
+# committed corpus (fuzz/corpus) holds the seeds and every input that once failed; new
+# finds go to a scratch folder under `make test`, into the corpus under `make fuzz`.
+FUZZ_TARGETS := kombu_envelope sqs_body amqp_headers task_message result_meta
+FUZZ_SECONDS ?= 600
+FUZZ_TEST_SECONDS ?= 20
+
+fuzz-tools:
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz > /dev/null || $(CARGO) install cargo-fuzz --locked -j $(JOBS)
+
+test-fuzz: fuzz-tools
+	@for t in $(FUZZ_TARGETS); do \
+		scratch=$(CARGO_TARGET_DIR)/fuzz-scratch/$$t; mkdir -p $$scratch; \
+		if ! cargo +nightly fuzz run --fuzz-dir fuzz $$t $$scratch fuzz/corpus/$$t \
+			-- -max_total_time=$(FUZZ_TEST_SECONDS) -max_len=65536 -print_final_stats=1 > $$scratch.log 2>&1; then \
+			tail -n 60 $$scratch.log; echo "fuzz target $$t failed; the input is under fuzz/artifacts/$$t"; exit 1; \
+		fi; \
+		echo "fuzz $$t: $$(grep -o 'number_of_executed_units: *[0-9]*' $$scratch.log | grep -o '[0-9]*$$') inputs in $(FUZZ_TEST_SECONDS) s, no failure"; \
+	done
+
+fuzz: fuzz-tools
+	@for t in $(FUZZ_TARGETS); do \
+		cargo +nightly fuzz run --fuzz-dir fuzz $$t fuzz/corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 || exit 1; \
+		cargo +nightly fuzz cmin --fuzz-dir fuzz $$t fuzz/corpus/$$t; \
+	done
+
+# Soak: mixed tasks (good, failing, timing out, crashing) on Redis and RabbitMQ with
+# periodic broker restarts; reports tasks run, lost, duplicated and the workers' RSS.
+SOAK_MINUTES ?= 30
+soak: build plugins venv
+	CELERIAC_BIN=$(BIN) CELERIAC_PLUGIN_DIR=$(PLUGIN_OUT) \
+		$(VENV)/bin/python tests/soak/soak.py --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
 
 # Speed is measured here, never asserted in tests. BENCH_ARGS="--tasks 5000 --runs 1" for a quick look.
 # First the host's per-task cost (criterion), then Celeriac against Celery (RESULTS.md, RESULTS.png).
@@ -108,6 +145,7 @@ fmt:
 
 lint:
 	$(CARGO) fmt --all --check
+	cd fuzz && $(CARGO) fmt --check
 	$(CARGO) clippy --release -j $(JOBS) --all-targets -- -D warnings
 	cd plugins && $(CARGO) clippy --release -j $(JOBS) --target wasm32-wasip2 -- -D warnings
 

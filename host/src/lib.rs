@@ -12,7 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod metrics;
-pub mod protocol;
+pub use celeriac_protocol as protocol;
 pub mod runtime;
 pub mod telemetry;
 pub mod worker;

@@ -25,6 +25,8 @@ pub struct Metrics {
     peak_memory: Family<PluginName, Histogram>,
     waited: Family<TaskName, Histogram>,
     broker_errors: Counter,
+    store_errors: Counter,
+    redeliveries_skipped: Counter,
     running: Gauge,
 }
 
@@ -55,6 +57,18 @@ impl Default for Metrics {
             "broker_receive_errors",
             "Failed attempts to receive from the broker (each is retried with backoff)",
             broker_errors.clone(),
+        );
+        let store_errors = Counter::default();
+        registry.register(
+            "result_store_errors",
+            "Failed attempts to store a task's result (retried with backoff, then the message is requeued)",
+            store_errors.clone(),
+        );
+        let redeliveries_skipped = Counter::default();
+        registry.register(
+            "redeliveries_skipped",
+            "Redelivered tasks acked without running again, their result being stored already",
+            redeliveries_skipped.clone(),
         );
         let cpu = Family::<TaskName, Counter<f64>>::default();
         let peak_memory = Family::<PluginName, Histogram>::new_with_constructor(memory_histogram as fn() -> Histogram);
@@ -87,6 +101,8 @@ impl Default for Metrics {
             peak_memory,
             waited,
             broker_errors,
+            store_errors,
+            redeliveries_skipped,
             running,
         }
     }
@@ -103,6 +119,14 @@ impl Metrics {
 
     pub fn broker_error(&self) {
         self.broker_errors.inc();
+    }
+
+    pub fn store_error(&self) {
+        self.store_errors.inc();
+    }
+
+    pub fn redelivery_skipped(&self) {
+        self.redeliveries_skipped.inc();
     }
 
     /// A task of `plugin` left its executor, having used `usage`, or (`None`) withdrawn

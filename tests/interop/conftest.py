@@ -36,8 +36,9 @@ class Worker:
 
     count = 0
 
-    def __init__(self, folder: Path, broker: str, backend: str, *extra: str):
+    def __init__(self, folder: Path, broker: str, backend: str, *extra: str, env=None):
         Worker.count += 1
+        self.env = env or {}
         self.folder = folder
         self.broker = broker
         self.backend = backend
@@ -55,7 +56,7 @@ class Worker:
         self.process = None
 
     def start(self):
-        env = dict(os.environ, CELERIAC_CACHE_DIR=str(TARGET / "test-cache"))
+        env = dict(os.environ, CELERIAC_CACHE_DIR=str(TARGET / "test-cache"), **self.env)
         env.pop("CELERY_BROKER_URL", None)
         env.pop("CELERY_RESULT_BACKEND", None)
         self.process = subprocess.Popen(
@@ -102,8 +103,8 @@ def make_worker(tmp_path):
     """Start workers on demand; all are stopped at the end of the test."""
     started = []
 
-    def make(broker, backend, *extra):
-        worker = Worker(tmp_path, broker, backend, *extra).start()
+    def make(broker, backend, *extra, env=None):
+        worker = Worker(tmp_path, broker, backend, *extra, env=env).start()
         started.append(worker)
         return worker
 
@@ -169,6 +170,24 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_redis(port, folder):
+    """A private redis-server (append-only, so a restart keeps its data) on `port`."""
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+         "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis("127.0.0.1", port)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            client.ping()
+            return process
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    raise AssertionError("private redis-server did not start")
 
 
 def eventually(condition, timeout=30):

@@ -8,7 +8,6 @@ import base64
 import json
 import shutil
 import signal
-import subprocess
 import time
 import uuid
 
@@ -17,7 +16,9 @@ import redis
 from billiard.exceptions import TimeLimitExceeded
 from celery.exceptions import NotRegistered
 
-from conftest import REDIS_HOST, REDIS_PORT, celery_app, eventually, free_port, received_ids, stored_results
+from conftest import (
+    REDIS_HOST, REDIS_PORT, celery_app, eventually, free_port, received_ids, start_redis, stored_results,
+)
 
 TIMEOUT = 60
 def url(db, port=REDIS_PORT):
@@ -86,23 +87,6 @@ def test_two_workers_share_the_work_and_nothing_runs_twice(db, make_worker):
     seen = [received_ids(w) for w in workers]
     assert all(seen), "both workers should have run tasks"
     assert sorted(seen[0] + seen[1]) == sorted(r.id for r in results)
-
-
-def start_redis(port, folder):
-    process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
-         "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis("127.0.0.1", port)
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            client.ping()
-            return process
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    raise AssertionError("private redis-server did not start")
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")

@@ -38,3 +38,29 @@ fn a_killed_worker_loses_nothing() {
     let out = sandbox.run(&["result", &id, "--wait", "--timeout", "60"]);
     assert_eq!(stdout(&out), "3000", "{}", stderr(&out));
 }
+
+#[test]
+fn a_second_signal_stops_at_once_and_loses_nothing() {
+    let sandbox = Sandbox::new();
+    sandbox.install(&plugin("math"), "math.wasm");
+    let lease = ["--broker-transport-option", "visibility_timeout=2"];
+    let mut worker = sandbox.worker(&lease);
+    let id = stdout(&sandbox.run(&["call", "math.spin", "6000"]));
+    worker.wait_for_log(&format!("Task math.spin[{id}] received"), Duration::from_secs(20));
+    worker.signal("TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        worker.wait_exit(Duration::from_millis(200)).is_none(),
+        "a warm shutdown waits for the task"
+    );
+    worker.signal("INT");
+    let status = worker
+        .wait_exit(Duration::from_secs(3))
+        .expect("a second signal stops the worker at once");
+    assert!(!status.success(), "a cold stop exits non-zero; log:\n{}", worker.log());
+    assert_eq!(stdout(&sandbox.run(&["result", &id])), "PENDING");
+
+    let _second = sandbox.worker(&lease);
+    let out = sandbox.run(&["result", &id, "--wait", "--timeout", "60"]);
+    assert_eq!(stdout(&out), "6000", "{}", stderr(&out));
+}

@@ -78,6 +78,12 @@ pub trait ResultBackend: Send + Sync {
         Ok(())
     }
 
+    /// Whether [`get`](Self::get) reads back what any worker stored; not on `rpc://`,
+    /// whose results are messages to the client that sent the task.
+    fn keeps_state(&self) -> bool {
+        true
+    }
+
     /// The latest stored state of a task, if any.
     async fn get(&self, task_id: &str) -> Result<Option<TaskResult>, BackendError>;
 

@@ -148,6 +148,10 @@ impl ResultBackend for RpcBackend {
         self.chords.release(group_id, claim, body_sent).await
     }
 
+    fn keeps_state(&self) -> bool {
+        false
+    }
+
     async fn get(&self, task_id: &str) -> Result<Option<TaskResult>, BackendError> {
         let replies = self.replies().await?;
         Ok(replies

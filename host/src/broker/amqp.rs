@@ -22,10 +22,10 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueuePurgeOptions,
 };
-use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::Acker;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
-use serde_json::{Map, Number, Value};
+
 use tokio::sync::{mpsc, Mutex};
 
 use super::amqp_acks::AckLedger;
@@ -33,6 +33,7 @@ use super::amqp_parking::DelayQueues;
 use super::{Broker, BrokerError, Delivery};
 use crate::batch::Batcher;
 use crate::config::redact;
+use crate::protocol::amqp_table::{json_to_table, table_to_json};
 use crate::protocol::{DeliveryInfo, Message, Properties};
 
 struct Live {
@@ -502,78 +503,4 @@ pub(super) fn properties_of(message: &Message) -> BasicProperties {
         properties = properties.with_reply_to(reply_to.as_str().into());
     }
     properties
-}
-
-/// AMQP header table → JSON (Celery's headers are JSON-shaped).
-pub fn table_to_json(table: &FieldTable) -> Map<String, Value> {
-    table
-        .inner()
-        .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), value_to_json(v)))
-        .collect()
-}
-
-fn value_to_json(value: &AMQPValue) -> Value {
-    match value {
-        AMQPValue::Boolean(b) => Value::Bool(*b),
-        AMQPValue::ShortShortInt(n) => Value::from(*n),
-        AMQPValue::ShortShortUInt(n) => Value::from(*n),
-        AMQPValue::ShortInt(n) => Value::from(*n),
-        AMQPValue::ShortUInt(n) => Value::from(*n),
-        AMQPValue::LongInt(n) => Value::from(*n),
-        AMQPValue::LongUInt(n) => Value::from(*n),
-        AMQPValue::LongLongInt(n) => Value::from(*n),
-        AMQPValue::Timestamp(n) => Value::from(*n),
-        AMQPValue::Float(f) => Number::from_f64(f64::from(*f))
-            .map(Value::Number)
-            .unwrap_or(Value::Null),
-        AMQPValue::Double(f) => Number::from_f64(*f).map(Value::Number).unwrap_or(Value::Null),
-        AMQPValue::DecimalValue(d) => Number::from_f64(f64::from(d.value) / 10f64.powi(i32::from(d.scale)))
-            .map(Value::Number)
-            .unwrap_or(Value::Null),
-        AMQPValue::ShortString(s) => Value::String(s.as_str().to_owned()),
-        AMQPValue::LongString(s) => Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ByteArray(b) => Value::String(String::from_utf8_lossy(b.as_slice()).into_owned()),
-        AMQPValue::FieldArray(items) => Value::Array(items.as_slice().iter().map(value_to_json).collect()),
-        AMQPValue::FieldTable(table) => Value::Object(table_to_json(table)),
-        AMQPValue::Void => Value::Null,
-    }
-}
-
-/// JSON → AMQP header table, with the types py-amqp uses.
-pub fn json_to_table(map: &Map<String, Value>) -> FieldTable {
-    let mut table = FieldTable::default();
-    for (k, v) in map {
-        table.insert(k.as_str().into(), json_to_value(v));
-    }
-    table
-}
-
-fn json_to_value(value: &Value) -> AMQPValue {
-    match value {
-        Value::Null => AMQPValue::Void,
-        Value::Bool(b) => AMQPValue::Boolean(*b),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => AMQPValue::LongLongInt(i),
-            None => AMQPValue::Double(n.as_f64().unwrap_or(0.0)),
-        },
-        Value::String(s) => AMQPValue::LongString(LongString::from(s.as_bytes().to_vec())),
-        Value::Array(items) => {
-            AMQPValue::FieldArray(FieldArray::from(items.iter().map(json_to_value).collect::<Vec<_>>()))
-        }
-        Value::Object(map) => AMQPValue::FieldTable(json_to_table(map)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn celery_headers_survive_the_amqp_table() {
-        let headers = json!({"task": "math.add", "retries": 0, "timelimit": [null, 1.5], "stamps": {}, "ignore_result": false, "eta": null});
-        let map = headers.as_object().unwrap().clone();
-        assert_eq!(Value::Object(table_to_json(&json_to_table(&map))), headers);
-    }
 }

@@ -344,6 +344,7 @@ impl Store for RedisStore {
                         queue: self.queue_of(&key),
                         tag,
                         payload,
+                        redelivered: false,
                     }
                 })
                 .collect());
@@ -362,7 +363,12 @@ impl Store for RedisStore {
         };
         let queue = self.queue_of(&key);
         let tag = self.record_unacked(&queue, &payload).await?;
-        Ok(vec![Taken { queue, tag, payload }])
+        Ok(vec![Taken {
+            queue,
+            tag,
+            payload,
+            redelivered: false,
+        }])
     }
 
     async fn delete(&self, tag: &StoreTag) -> Result<(), BrokerError> {

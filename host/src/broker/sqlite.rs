@@ -109,7 +109,7 @@ impl SqliteStore {
             "UPDATE kombu_message SET visible = 0, timestamp = ?, version = version + 1
              WHERE id = (SELECT id FROM kombu_message WHERE queue_id = ? AND visible = 1
                          ORDER BY timestamp, id LIMIT 1)
-             RETURNING id, payload",
+             RETURNING id, payload, version",
         )
         .bind(sql_timestamp(Utc::now()))
         .bind(queue_id)
@@ -120,6 +120,8 @@ impl SqliteStore {
             queue: queue.to_owned(),
             tag: r.get::<i64, _>(0).to_string(),
             payload: r.get(1),
+            // Inserted at version 1 and taken at 2; anything higher was taken before.
+            redelivered: r.get::<i64, _>(2) > 2,
         }))
     }
 }

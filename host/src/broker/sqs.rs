@@ -22,7 +22,8 @@ use aws_config::BehaviorVersion;
 use aws_sdk_sqs::config::{Credentials, Region};
 use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, QueueAttributeName,
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageSystemAttributeName,
+    QueueAttributeName,
 };
 use aws_sdk_sqs::Client;
 use base64::Engine;
@@ -100,16 +101,6 @@ pub fn entity_name(name: &str) -> String {
         })
         .collect();
     translated + fifo
-}
-
-/// A message body as kombu reads it: base64 of the envelope when it is strict base64 of
-/// UTF-8 text, else the text itself.
-fn decode_body(body: &str) -> String {
-    let engine = base64::engine::general_purpose::STANDARD;
-    match engine.decode(body) {
-        Ok(bytes) if engine.encode(&bytes) == body => String::from_utf8(bytes).unwrap_or_else(|_| body.to_owned()),
-        _ => body.to_owned(),
-    }
 }
 
 fn op(err: impl std::error::Error) -> BrokerError {
@@ -240,6 +231,7 @@ impl SqsStore {
             .queue_url(&url)
             .max_number_of_messages(max.clamp(1, MAX_BATCH) as i32)
             .wait_time_seconds(wait)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .send()
             .await
             .map_err(op)?;
@@ -249,10 +241,16 @@ impl SqsStore {
             .into_iter()
             .filter_map(|m| {
                 let receipt = m.receipt_handle?;
+                let receive_count = m
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                    .and_then(|count| count.parse::<u64>().ok());
                 Some(Taken {
                     queue: queue.to_owned(),
                     tag: tag_of(&url, &receipt),
-                    payload: decode_body(m.body.as_deref().unwrap_or("")),
+                    payload: crate::protocol::envelope::from_sqs_body(m.body.as_deref().unwrap_or("")),
+                    redelivered: receive_count.is_some_and(|count| count > 1),
                 })
             })
             .collect())
@@ -452,14 +450,5 @@ mod tests {
             SqsUrl::parse("@localhost:4566/").host.as_deref(),
             Some("localhost:4566")
         );
-    }
-
-    #[test]
-    fn bodies_are_base64_when_they_look_it() {
-        let envelope = r#"{"body": "W1tdLCB7fSwge31d", "headers": {}}"#;
-        let encoded = base64::engine::general_purpose::STANDARD.encode(envelope);
-        assert_eq!(decode_body(&encoded), envelope);
-        assert_eq!(decode_body(envelope), envelope);
-        assert_eq!(decode_body("not base64!"), "not base64!");
     }
 }

@@ -28,6 +28,9 @@ pub struct Taken {
     pub queue: String,
     pub tag: StoreTag,
     pub payload: String,
+    /// The store knows it handed this message out before (SQS's receive count, SQLite's
+    /// row version). Redis says so in the message: kombu's restore adds a `redelivered` header.
+    pub redelivered: bool,
 }
 
 /// Largest message accepted; a bigger one is rejected unread (a 50 MB body is far more
@@ -201,6 +204,7 @@ impl<S: Store> VirtualBroker<S> {
             queue,
             tag: store_tag,
             payload,
+            redelivered,
         } = taken;
         let message = if payload.len() > self.max_message_size {
             Err(format!(
@@ -213,6 +217,8 @@ impl<S: Store> VirtualBroker<S> {
         };
         match message {
             Ok(message) => {
+                let redelivered =
+                    redelivered || message.headers.get("redelivered") == Some(&serde_json::Value::Bool(true));
                 let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
                 self.reserved().insert(
                     tag,
@@ -225,7 +231,7 @@ impl<S: Store> VirtualBroker<S> {
                     message,
                     queue,
                     tag,
-                    redelivered: false,
+                    redelivered,
                 }))
             }
             Err(error) => {

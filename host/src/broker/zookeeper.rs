@@ -154,6 +154,8 @@ impl ZookeeperStore {
                     queue: queue.to_owned(),
                     tag: entry_path,
                     payload: String::from_utf8_lossy(&data).into_owned(),
+                    // A dead worker's claim vanishes with its session, leaving no trace.
+                    redelivered: false,
                 }),
                 Err(zk::Error::NoNode) => {
                     // Taken by a kombu consumer meanwhile: let go of the claim.

@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 
 use super::canvas::{self, ChordStart, FollowUp, Steps};
 use super::report::{self, Settle};
-use super::Shared;
+use super::{redelivery, Shared};
 use crate::backend::chord::{ChordCounting, ChordEntry, ChordJoin, ChordPart};
 use crate::backend::BackendError;
 use crate::broker::Delivery;
@@ -152,6 +152,7 @@ fn unlock_request(start: &ChordStart) -> FollowUp {
     request.parent_id = Some(start.parent.id.clone());
     request.ignore_result = true;
     request.eta = from_now(UNLOCK_INTERVAL);
+    redelivery::inherit(&start.parent, &mut request);
     let queue = start.body["options"]["queue"].as_str().map(str::to_owned);
     FollowUp { queue, request }
 }

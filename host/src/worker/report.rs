@@ -1,5 +1,6 @@
-//! Turning an outcome into stored state and a broker acknowledgement, in that order:
-//! a message is acked only once its result is stored.
+//! Turning an outcome into published follow-ups, stored state and a broker
+//! acknowledgement, in that order: a message is acked only once its result is stored, and
+//! the result is stored only once everything the task set off is published.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use serde_json::Value;
 
 use super::canvas::{self, FollowUp, Step, Steps};
 use super::Shared;
-use super::{chord, events};
+use super::{chord, events, fault, redelivery};
 use crate::broker::Delivery;
 use crate::protocol::result::{Extended, ReplyTo};
 use crate::protocol::time::from_now;
@@ -82,10 +83,10 @@ pub(super) async fn store_then_settle(
     .await;
 }
 
-/// Store `result`, count it in its chord, publish what the task sets off (chain,
-/// callbacks, a chord's body), then settle. A failure to store or to publish requeues
-/// the message: the task runs again (its stored SUCCESS is kept, its chord counts it
-/// once) rather than lose its result or the rest of its workflow.
+/// Count the task in its chord, publish what it sets off (chain, callbacks, a chord's
+/// body), store its result, then settle. A failure at any step requeues the message: the
+/// task runs again (its chord counts it once) rather than lose its result or the rest of
+/// its workflow.
 async fn store_publish_then_settle(
     shared: &Shared,
     delivery: &Delivery,
@@ -97,9 +98,12 @@ async fn store_publish_then_settle(
 ) {
     shared.status.metrics.finished(&request.name, result.state.as_str());
     events::task_outcome(&shared.events, &result, usage);
-    let done = store_and_publish(shared, request, result, follow_ups).await;
+    let done = publish_then_store(shared, request, result, follow_ups).await;
     match (done, after) {
-        (true, Some(after)) => settle(shared, delivery, after).await,
+        (true, Some(after)) => {
+            fault::check(fault::Point::BeforeAck, &request.name);
+            settle(shared, delivery, after).await
+        }
         (false, Some(_)) => settle(shared, delivery, Settle::Reject { requeue: true }).await,
         (true, None) => {}
         (false, None) => tracing::error!(task_id = %request.id, task = %request.name,
@@ -107,40 +111,37 @@ async fn store_publish_then_settle(
     }
 }
 
-async fn store_and_publish(shared: &Shared, request: &TaskRequest, result: TaskResult, follow_ups: Steps) -> bool {
-    let chord_part = request
-        .embed
-        .chord
-        .is_some()
-        .then(|| (result.state.clone(), result.result.clone()));
-    if !store(shared, request, result).await {
-        return false;
-    }
-    let completion = match chord_part {
-        Some((state, value)) => match chord::part_returned(shared, request, state, &value).await {
+/// The result is stored last, so that a stored ready state means the task is finished:
+/// a redelivered copy that finds it is acked without running or publishing again
+/// (`redelivery.rs`).
+async fn publish_then_store(shared: &Shared, request: &TaskRequest, result: TaskResult, follow_ups: Steps) -> bool {
+    if request.embed.chord.is_some() {
+        let completion = match chord::part_returned(shared, request, result.state.clone(), &result.result).await {
             Ok(completion) => completion,
             Err(err) => {
                 tracing::error!(task_id = %request.id, group_id = ?request.group, error = %err,
                     "cannot count the task in its chord; returning the message to the queue");
                 return false;
             }
-        },
-        None => None,
-    };
-    if !publish(shared, request, follow_ups).await {
-        if let Some((completion, _)) = &completion {
-            chord::release(shared, completion, false).await;
+        };
+        if !publish(shared, request, follow_ups).await {
+            if let Some((completion, _)) = &completion {
+                chord::release(shared, completion, false).await;
+            }
+            return false;
         }
-        return false;
-    }
-    match completion {
-        Some((completion, body)) => {
+        if let Some((completion, body)) = completion {
             let sent = publish(shared, request, body).await;
             chord::release(shared, &completion, sent).await;
-            sent
+            if !sent {
+                return false;
+            }
         }
-        None => true,
+    } else if !publish(shared, request, follow_ups).await {
+        return false;
     }
+    fault::check(fault::Point::BeforeStore, &request.name);
+    store(shared, request, result).await
 }
 
 /// Store with bounded retries; false if the backend stayed unreachable.
@@ -150,18 +151,18 @@ async fn store(shared: &Shared, request: &TaskRequest, result: TaskResult) -> bo
     }
     let mut delay = Duration::from_millis(250);
     for attempt in 1..=STORE_ATTEMPTS {
-        match shared.results.submit(result.clone()).await {
-            Ok(()) => return true,
-            Err(err) if attempt < STORE_ATTEMPTS => {
-                tracing::warn!(task_id = %request.id, error = %err, attempt, "cannot store result; retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-            Err(err) => {
-                tracing::error!(task_id = %request.id, error = %err,
-                    "cannot store result; returning the message to the queue");
-            }
+        let Err(err) = shared.results.submit(result.clone()).await else {
+            return true;
+        };
+        shared.status.metrics.store_error();
+        if attempt == STORE_ATTEMPTS {
+            tracing::error!(task_id = %request.id, error = %err,
+                "cannot store result; returning the message to the queue");
+            break;
         }
+        tracing::warn!(task_id = %request.id, error = %err, attempt, "cannot store result; retrying");
+        tokio::time::sleep(delay).await;
+        delay *= 2;
     }
     false
 }
@@ -172,7 +173,8 @@ async fn store(shared: &Shared, request: &TaskRequest, result: TaskResult) -> bo
 pub(super) async fn publish(shared: &Shared, request: &TaskRequest, follow_ups: Steps) -> bool {
     for follow_up in follow_ups {
         match follow_up {
-            Ok(Step::Publish(follow_up)) => {
+            Ok(Step::Publish(mut follow_up)) => {
+                redelivery::inherit(request, &mut follow_up.request);
                 let next = follow_up.request.name.clone();
                 if let Err(err) = send(shared, follow_up).await {
                     tracing::error!(task_id = %request.id, next = %next, error = %err,

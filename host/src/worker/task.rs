@@ -9,14 +9,18 @@ use serde_json::Map;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::Shared;
-use super::{admission, chord, events, report};
+use super::{admission, chord, events, redelivery, report};
 use crate::broker::Delivery;
 use crate::protocol::{ExceptionInfo, State, TaskRequest, TaskResult};
 use crate::runtime::Invocation;
 
+/// How long a redelivered message waits before going back to the queue when the result
+/// backend cannot be reached (so an outage does not spin the worker).
+const BACKEND_DOWN_PAUSE: Duration = Duration::from_secs(1);
+
 /// `slot` is the free slot the message was admitted with, if there was one.
 pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: Option<OwnedSemaphorePermit>) {
-    let request = match TaskRequest::decode(&delivery.message) {
+    let mut request = match TaskRequest::decode(&delivery.message) {
         Ok(request) => request,
         Err(err) => {
             let id = delivery
@@ -30,6 +34,7 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
             return;
         }
     };
+    let may_repeat = redelivery::may_repeat(&delivery, &mut request);
     let arrived = Instant::now();
     let tracked = shared.tracker.hold(&delivery, &request);
     let (id, name) = (request.id.as_str(), request.name.as_str());
@@ -40,6 +45,9 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
         .events
         .task("task-received", id, || events::received_fields(&request));
 
+    if may_repeat && skip_if_finished(shared, &delivery, &request, plugin_name).await {
+        return;
+    }
     if discard_if_revoked(shared, &delivery, &request, plugin_name).await
         || discard_if_expired(shared, &delivery, &request, plugin_name).await
     {
@@ -202,6 +210,30 @@ async fn park(shared: &Shared, delivery: &Delivery, request: &TaskRequest, eta: 
         Err(err) => {
             tracing::warn!(task_id = %id, task = %name, error = %err, "cannot park the task in the broker; holding it until its ETA");
             false
+        }
+    }
+}
+
+/// A task that may have run before is not run again if its result is stored (its
+/// follow-ups went out before it). If the backend cannot say, the message goes back to
+/// the queue after a pause: a result could not be stored now either.
+async fn skip_if_finished(shared: &Shared, delivery: &Delivery, request: &TaskRequest, plugin: &str) -> bool {
+    let (id, name) = (request.id.as_str(), request.name.as_str());
+    match redelivery::finished_state(shared, request).await {
+        Ok(None) => false,
+        Ok(Some(state)) => {
+            tracing::info!(task_id = %id, task = %name, plugin, state = %state.as_str(),
+                "Task {name}[{id}] already finished before this delivery; acking it without running it again");
+            shared.status.metrics.redelivery_skipped();
+            report::settle(shared, delivery, report::Settle::Ack).await;
+            true
+        }
+        Err(err) => {
+            tracing::warn!(task_id = %id, task = %name, plugin, error = %err,
+                "cannot ask the result backend whether this redelivered task already ran; returning it to the queue");
+            wait_or_stop(shared, BACKEND_DOWN_PAUSE).await;
+            report::settle(shared, delivery, report::Settle::Reject { requeue: true }).await;
+            true
         }
     }
 }

@@ -159,6 +159,16 @@ fn small_int(properties: &Map<String, Value>, key: &str, default: u8) -> u8 {
         .unwrap_or(default)
 }
 
+/// An SQS message body as kombu reads it: base64 of the envelope when it is strict base64
+/// of UTF-8 text, else the text itself.
+pub fn from_sqs_body(body: &str) -> String {
+    let engine = base64::engine::general_purpose::STANDARD;
+    match engine.decode(body) {
+        Ok(bytes) if engine.encode(&bytes) == body => String::from_utf8(bytes).unwrap_or_else(|_| body.to_owned()),
+        _ => body.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,5 +201,14 @@ mod tests {
         ] {
             assert!(Message::from_envelope_json(text).is_err(), "{text}");
         }
+    }
+
+    #[test]
+    fn bodies_are_base64_when_they_look_it() {
+        let envelope = r#"{"body": "W1tdLCB7fSwge31d", "headers": {}}"#;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(envelope);
+        assert_eq!(from_sqs_body(&encoded), envelope);
+        assert_eq!(from_sqs_body(envelope), envelope);
+        assert_eq!(from_sqs_body("not base64!"), "not base64!");
     }
 }

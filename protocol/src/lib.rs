@@ -2,6 +2,7 @@
 //! envelope used by virtual transports, result meta and exception encoding.
 //! `../shared/research/celery-wire.md` is the field-level reference.
 
+pub mod amqp_table;
 pub mod envelope;
 pub mod repr;
 pub mod result;
