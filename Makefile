@@ -90,8 +90,9 @@ test-interop:
 
 # Fuzzing (cargo-fuzz on the nightly toolchain) of every decoder a broker's bytes reach:
 # kombu's envelope, SQS bodies, AMQP header tables, task messages, result metas. The
-# committed corpus (fuzz/corpus) holds the seeds and every input that once failed; new
-# finds go to a scratch folder under `make test`, into the corpus under `make fuzz`.
+# committed corpus (fuzz/corpus) holds the seeds (fuzz/make_seeds.py) and a set of inputs
+# covering every edge reached so far; new finds go to a scratch folder under `make test`,
+# into the corpus under `make fuzz`, which then minimizes it again.
 FUZZ_TARGETS := kombu_envelope sqs_body amqp_headers task_message result_meta
 FUZZ_SECONDS ?= 600
 FUZZ_TEST_SECONDS ?= 20
@@ -113,7 +114,8 @@ test-fuzz: fuzz-tools
 fuzz: fuzz-tools
 	@for t in $(FUZZ_TARGETS); do \
 		cargo +nightly fuzz run --fuzz-dir fuzz $$t fuzz/corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 || exit 1; \
-		cargo +nightly fuzz cmin --fuzz-dir fuzz $$t fuzz/corpus/$$t; \
+		cargo +nightly fuzz cmin --fuzz-dir fuzz $$t fuzz/corpus/$$t -- -set_cover_merge=1 -use_counters=0 -use_cmp=0 -use_value_profile=0; \
+		python3 fuzz/make_seeds.py; \
 	done
 
 # Soak: mixed tasks (good, failing, timing out, crashing) on Redis and RabbitMQ with

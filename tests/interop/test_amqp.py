@@ -3,10 +3,15 @@
 Each test consumes queues named for it alone and deletes them afterwards.
 """
 
+import os
 import shutil
+import socket
+import ssl
 import subprocess
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import amqp
 import pytest
@@ -14,9 +19,10 @@ import redis
 from billiard.exceptions import TimeLimitExceeded
 from celery import chord, group
 from celery.exceptions import ChordError
+from kombu import Queue
 
 from celeriac_celery import enable_rpc_chords
-from conftest import REDIS_HOST, REDIS_PORT, celery_app, eventually, received_ids, stored_results
+from conftest import BIN, REDIS_HOST, REDIS_PORT, celery_app, eventually, free_port, received_ids, stored_results
 
 BROKER = "amqp://guest:guest@127.0.0.1:5672//"
 TIMEOUT = 60
@@ -78,6 +84,98 @@ def test_closed_connections_are_recovered(queue, db, make_worker):
     assert len(done) == len(ids), f"{len(ids) - len(done)} tasks lost:\n{worker.log()[-3000:]}"
     # The worker notices at its next receive, which may come after the last result.
     assert eventually(lambda: "AMQP connection lost; reconnecting" in worker.log(), timeout=10)
+
+
+@pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl")
+def test_quorum_queues_survive_a_killed_worker(queue, db, make_worker):
+    quorum = ("--broker-transport-option", "queue_type=quorum")
+    first = make_worker(BROKER, redis_url(db), "-Q", queue, *quorum)
+    listed = subprocess.run(["rabbitmqctl", "list_queues", "-q", "name", "type"],
+                            check=True, capture_output=True, text=True).stdout
+    assert f"{queue}\tquorum" in listed, listed
+    app = celery_app(BROKER, redis_url(db))
+    # The client declares the queue as the worker does, as a Celery user configures it.
+    app.conf.task_queues = [Queue(queue, routing_key=queue, queue_arguments={"x-queue-type": "quorum"})]
+    ids = [app.send_task("math.spin", (50,), queue=queue).id for _ in range(60)]
+    first.wait_for_log("Task math.spin[")
+    first.kill()
+    make_worker(BROKER, redis_url(db), "-Q", queue, *quorum)
+    done = stored_results(redis.Redis(REDIS_HOST, REDIS_PORT, db=db), ids, TIMEOUT)
+    assert len(done) == len(ids), f"{len(ids) - len(done)} tasks lost"
+    assert all(m["status"] == "SUCCESS" and m["result"] == 50 for m in done)
+
+
+@pytest.fixture
+def tls_rabbitmq():
+    """A private RabbitMQ node that listens for amqps only, with a certificate from a CA
+    of the test's own: the URL and the CA file."""
+    # Not under pytest's tmp_path: the server runs as the rabbitmq user when started as
+    # root, and must reach its folder.
+    folder = Path(tempfile.mkdtemp(prefix="celeriac-rabbitmq-tls-"))
+    folder.chmod(0o755)
+    (folder / "mnesia").mkdir()
+    (folder / "log").mkdir()
+
+    def openssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+            "-days", "2", "-subj", "/CN=celeriac test CA")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+            "-subj", "/CN=localhost")
+    (folder / "san.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.pem", "-days", "2", "-extfile", "san.cnf")
+    port = free_port()
+    (folder / "rabbitmq.conf").write_text(f"""listeners.tcp = none
+listeners.ssl.default = {port}
+ssl_options.cacertfile = {folder}/ca.pem
+ssl_options.certfile = {folder}/server.pem
+ssl_options.keyfile = {folder}/server.key
+ssl_options.verify = verify_none
+loopback_users = none
+""")
+    (folder / "enabled_plugins").write_text("[].")
+    subprocess.run(["chown", "-R", "rabbitmq:", str(folder)], capture_output=True)
+    node = f"celeriac-tls-{port}@{socket.gethostname().split('.')[0]}"
+    env = dict(os.environ, RABBITMQ_NODENAME=node, RABBITMQ_DIST_PORT=str(free_port()),
+               RABBITMQ_CONFIG_FILE=str(folder / "rabbitmq"), RABBITMQ_MNESIA_BASE=str(folder / "mnesia"),
+               RABBITMQ_LOG_BASE=str(folder / "log"), RABBITMQ_ENABLED_PLUGINS_FILE=str(folder / "enabled_plugins"),
+               RABBITMQ_FEATURE_FLAGS_FILE=str(folder / "feature_flags"), RABBITMQ_PID_FILE=str(folder / "pid"))
+    server = subprocess.Popen(["rabbitmq-server"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                log = "".join(p.read_text(errors="replace") for p in (folder / "log").glob("*.log"))
+                assert server.poll() is None and time.time() < deadline, f"private RabbitMQ did not start:\n{log}"
+                time.sleep(0.3)
+        yield f"amqps://guest:guest@localhost:{port}//", folder / "ca.pem"
+    finally:
+        subprocess.run(["rabbitmqctl", "-n", node, "stop"], capture_output=True, timeout=60)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.skipif(shutil.which("rabbitmq-server") is None or shutil.which("openssl") is None,
+                    reason="needs rabbitmq-server and openssl")
+def test_amqps_verifies_the_broker_certificate_and_runs_tasks(tls_rabbitmq, db, make_worker, tmp_path):
+    url, ca = tls_rabbitmq
+    # Without the CA the certificate is refused, and the worker says why.
+    refused = subprocess.run([str(BIN), "--broker", url, "--result-backend", redis_url(db), "worker",
+                              "--plugins", str(tmp_path), "--http", "off"],
+                             capture_output=True, text=True, timeout=60, env=dict(os.environ, SSL_CERT_FILE="/dev/null"))
+    assert refused.returncode != 0 and "UnknownIssuer" in refused.stderr, refused.stderr
+    make_worker(url, redis_url(db), "-Q", "tls", env={"SSL_CERT_FILE": str(ca)})
+    app = celery_app(url, redis_url(db), broker_use_ssl={"ca_certs": str(ca), "cert_reqs": ssl.CERT_REQUIRED})
+    results = [app.send_task("math.add", (i, i), queue="tls") for i in range(100)]
+    assert [r.get(timeout=TIMEOUT) for r in results] == [2 * i for i in range(100)]
 
 
 def test_malformed_messages_are_rejected_and_the_worker_goes_on(queue, db, make_worker):
