@@ -224,6 +224,11 @@ impl SqsStore {
 
     /// Up to `max` messages from one queue, waiting up to `wait` seconds for the first.
     async fn receive(&self, queue: &str, max: usize, wait: i32) -> Result<Vec<Taken>, BrokerError> {
+        // From a FIFO queue, one message at a time: SQS then holds back the rest of its
+        // group until that one is deleted, so a group's tasks run in order, on any number
+        // of slots and workers. (A batch would be run concurrently and could finish out
+        // of order.)
+        let max = if queue.ends_with(".fifo") { 1 } else { max };
         let url = self.queue_url(queue).await?;
         let received = self
             .client
