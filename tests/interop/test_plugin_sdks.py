@@ -42,12 +42,11 @@ def test_a_new_plugin_builds_and_serves_celery(lang, tmp_path, db, make_worker):
     native_test = {
         "python": [sys.executable, "-m", "pytest", "-q", folder],
         "js": ["node", "--test", folder / f"{name}.test.mjs"],
-        "rust": None,  # `cargo test` in the folder; not run here, it compiles for the host
+        "rust": ["cargo", "test", "-q", "--manifest-path", folder / "Cargo.toml"],
         "c": ["make", "-C", folder, "test"],
     }[lang]
-    if native_test:
-        tested = subprocess.run(native_test, capture_output=True, text=True)
-        assert tested.returncode == 0, tested.stdout + tested.stderr
+    tested = subprocess.run(native_test, capture_output=True, text=True)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
 
     worker = make_worker(url(db), url(db))
     shutil.copy(folder / f"{name}.wasm", worker.plugins / f".{name}.tmp")

@@ -140,7 +140,13 @@ macro_rules! export {
             }
         }
 
+        // Only a Wasm build exports the component's functions: their names (`celeriac:task/
+        // handler@0.1.0#run`) are not valid native symbols, and `cargo test` builds natively.
+        #[cfg(target_arch = "wasm32")]
         $crate::bindings::__export_plugin!(__CeleriacPlugin with_types_in $crate::bindings);
+        // Natively the tasks are still in use (for tests), not dead code.
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: fn() -> ::std::vec::Vec<$crate::TaskEntry> = __CeleriacPlugin::entries;
     };
     ($($task:path),* $(,)?) => {
         $crate::export!(plugin = env!("CARGO_PKG_NAME"); $($task),*);
