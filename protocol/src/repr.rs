@@ -32,13 +32,26 @@ fn write_repr(value: &Value, out: &mut String) {
         Value::Bool(false) => out.push_str("False"),
         Value::Number(n) => out.push_str(&n.to_string()),
         Value::String(s) => write_str(s, out),
+        container => write_python_layout(container, out, write_repr, write_str),
+    }
+}
+
+/// Python's layout of lists and dicts (`[a, b]`, `{k: v}`, the separators `repr` and
+/// kombu's `json.dumps` both use), with `leaf` writing everything else and `key` the keys.
+pub(crate) fn write_python_layout(
+    value: &Value,
+    out: &mut String,
+    leaf: fn(&Value, &mut String),
+    key: fn(&str, &mut String),
+) {
+    match value {
         Value::Array(items) => {
             out.push('[');
             for (i, v) in items.iter().enumerate() {
                 if i > 0 {
                     out.push_str(", ");
                 }
-                write_repr(v, out);
+                write_python_layout(v, out, leaf, key);
             }
             out.push(']');
         }
@@ -48,12 +61,13 @@ fn write_repr(value: &Value, out: &mut String) {
                 if i > 0 {
                     out.push_str(", ");
                 }
-                write_str(k, out);
+                key(k, out);
                 out.push_str(": ");
-                write_repr(v, out);
+                write_python_layout(v, out, leaf, key);
             }
             out.push('}');
         }
+        other => leaf(other, out),
     }
 }
 

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
 use super::envelope::{DeliveryInfo, Message, Properties};
-use super::repr::{repr, repr_args};
+use super::repr::{repr, repr_args, write_python_layout};
 use super::time::{parse_iso, to_iso};
 
 /// Why a message could not be understood. The worker rejects such a message.
@@ -204,36 +204,10 @@ fn default_origin() -> String {
 /// JSON with Python's separators (`", "` and `": "`), as kombu writes message bodies.
 pub fn python_json(value: &Value) -> String {
     let mut out = String::new();
-    write_python_json(value, &mut out);
+    let scalar = |value: &Value, out: &mut String| out.push_str(&value.to_string());
+    let key = |key: &str, out: &mut String| out.push_str(&Value::String(key.to_owned()).to_string());
+    write_python_layout(value, &mut out, scalar, key);
     out
-}
-
-fn write_python_json(value: &Value, out: &mut String) {
-    match value {
-        Value::Array(items) => {
-            out.push('[');
-            for (i, v) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                write_python_json(v, out);
-            }
-            out.push(']');
-        }
-        Value::Object(map) => {
-            out.push('{');
-            for (i, (k, v)) in map.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push_str(": ");
-                write_python_json(v, out);
-            }
-            out.push('}');
-        }
-        scalar => out.push_str(&scalar.to_string()),
-    }
 }
 
 fn decode_v2(message: &Message, body: Value) -> Result<TaskRequest, ProtocolError> {
