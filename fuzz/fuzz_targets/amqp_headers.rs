@@ -4,7 +4,6 @@
 
 use amq_protocol_types::parsing::parse_field_table;
 use celeriac_protocol::amqp_table::{json_to_table, table_to_json};
-use celeriac_protocol::Message;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -16,12 +15,5 @@ fuzz_target!(|data: &[u8]| {
     // same once they are JSON.
     let republished = table_to_json(&json_to_table(&headers));
     assert_eq!(table_to_json(&json_to_table(&republished)), republished);
-    let message = Message {
-        body: body.to_vec(),
-        content_type: "application/json".into(),
-        content_encoding: "utf-8".into(),
-        headers,
-        ..Message::default()
-    };
-    celeriac_fuzz::check_task_message(&message);
+    celeriac_fuzz::check_task_message(&celeriac_fuzz::json_message(headers, body));
 });

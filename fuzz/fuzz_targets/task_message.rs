@@ -2,7 +2,6 @@
 //! (JSON, protocol v2 or v1), split at the first zero byte of the input.
 #![no_main]
 
-use celeriac_protocol::Message;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
 
@@ -14,12 +13,5 @@ fuzz_target!(|data: &[u8]| {
     let Ok(headers) = serde_json::from_slice::<Map<String, Value>>(headers) else {
         return;
     };
-    let message = Message {
-        body: body.to_vec(),
-        content_type: "application/json".into(),
-        content_encoding: "utf-8".into(),
-        headers,
-        ..Message::default()
-    };
-    celeriac_fuzz::check_task_message(&message);
+    celeriac_fuzz::check_task_message(&celeriac_fuzz::json_message(headers, body));
 });

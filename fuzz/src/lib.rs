@@ -3,6 +3,18 @@
 //! what it encoded.
 
 use celeriac_protocol::{Message, TaskRequest};
+use serde_json::{Map, Value};
+
+/// A JSON message with these headers and body, as any broker hands it over.
+pub fn json_message(headers: Map<String, Value>, body: &[u8]) -> Message {
+    Message {
+        body: body.to_vec(),
+        content_type: "application/json".into(),
+        content_encoding: "utf-8".into(),
+        headers,
+        ..Message::default()
+    }
+}
 
 pub fn check_task_message(message: &Message) {
     let Ok(decoded) = TaskRequest::decode(message) else {

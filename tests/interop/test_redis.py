@@ -1,12 +1,11 @@
 """Python Celery clients against Celeriac on the real Redis (127.0.0.1:6379).
 
 Each test takes a Redis database number of its own and flushes it, so tests do not see
-each other's keys. The Redis-restart test runs a private redis-server on a free port.
+each other's keys. Redis restarting under load is in test_reliability.py.
 """
 
 import base64
 import json
-import shutil
 import signal
 import time
 import uuid
@@ -16,9 +15,7 @@ import redis
 from billiard.exceptions import TimeLimitExceeded
 from celery.exceptions import NotRegistered
 
-from conftest import (
-    REDIS_HOST, REDIS_PORT, celery_app, eventually, free_port, received_ids, start_redis, stored_results,
-)
+from conftest import REDIS_HOST, REDIS_PORT, celery_app, eventually, received_ids
 
 TIMEOUT = 60
 def url(db, port=REDIS_PORT):
@@ -87,28 +84,6 @@ def test_two_workers_share_the_work_and_nothing_runs_twice(db, make_worker):
     seen = [received_ids(w) for w in workers]
     assert all(seen), "both workers should have run tasks"
     assert sorted(seen[0] + seen[1]) == sorted(r.id for r in results)
-
-
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
-def test_redis_restarting_mid_run_loses_nothing(tmp_path, make_worker):
-    port = free_port()
-    server = start_redis(port, tmp_path)
-    try:
-        lease = ("--broker-transport-option", "visibility_timeout=5")
-        make_worker(url(0, port), url(0, port), *lease)
-        app = celery_app(url(0, port), url(0, port))
-        ids = [app.send_task("math.spin", (30,)).id for _ in range(150)]
-        time.sleep(1)
-        redis.Redis("127.0.0.1", port).shutdown()  # persists the append-only file
-        server.wait(timeout=10)
-        time.sleep(1)
-        server = start_redis(port, tmp_path)
-        done = stored_results(redis.Redis("127.0.0.1", port), ids, TIMEOUT)
-        assert len(done) == len(ids), f"{len(ids) - len(done)} tasks lost"
-        assert all(m["status"] == "SUCCESS" and m["result"] == 30 for m in done)
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def envelope(headers, body: bytes, **properties):

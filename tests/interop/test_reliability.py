@@ -66,16 +66,24 @@ def one_at_a_time(broker):
     return (*broker.options, "--concurrency", "1", "--prefetch-multiplier", "1")
 
 
-def test_a_task_redelivered_after_it_finished_does_not_run_or_chain_again(broker, db, make_worker):
+def crash_then_recover(broker, db, make_worker, fault):
+    """Send the chain mul(3, 4) | add(1) to a worker that aborts at `fault` (a point, see
+    host/src/worker/fault.rs) in `math.mul`, then start a healthy one; return both workers
+    and the chain's result, once it is 13."""
     first = make_worker(broker.url, results_url(db), *one_at_a_time(broker),
-                        env={"CELERIAC_FAULT": "before-ack:math.mul"})
+                        env={"CELERIAC_FAULT": f"{fault}:math.mul"})
     app = celery_app(broker.url, results_url(db))
     result = chain(app.signature("math.mul", (3, 4), queue=broker.queue),
                    app.signature("math.add", (1,), queue=broker.queue)).apply_async()
-    # Result stored, next step published, message not acked: then the worker dies.
     assert first.process.wait(timeout=TIMEOUT) != 0
     second = make_worker(broker.url, results_url(db), *one_at_a_time(broker))
     assert result.get(timeout=TIMEOUT) == 13
+    return first, second, result
+
+
+def test_a_task_redelivered_after_it_finished_does_not_run_or_chain_again(broker, db, make_worker):
+    # Result stored, next step published, message not acked: then the worker dies.
+    first, second, result = crash_then_recover(broker, db, make_worker, "before-ack")
     parent = result.parent.id
     second.wait_for_log(f"[{parent}] already finished before this delivery")
     assert succeeded([first, second], parent) == 1
@@ -84,15 +92,8 @@ def test_a_task_redelivered_after_it_finished_does_not_run_or_chain_again(broker
 
 
 def test_a_rerun_after_a_crash_before_its_result_was_stored_does_not_chain_twice(broker, db, make_worker):
-    first = make_worker(broker.url, results_url(db), *one_at_a_time(broker),
-                        env={"CELERIAC_FAULT": "before-store:math.mul"})
-    app = celery_app(broker.url, results_url(db))
-    result = chain(app.signature("math.mul", (3, 4), queue=broker.queue),
-                   app.signature("math.add", (1,), queue=broker.queue)).apply_async()
     # Next step published, result not stored: the task must run again, the step must not.
-    assert first.process.wait(timeout=TIMEOUT) != 0
-    second = make_worker(broker.url, results_url(db), *one_at_a_time(broker))
-    assert result.get(timeout=TIMEOUT) == 13
+    first, second, result = crash_then_recover(broker, db, make_worker, "before-store")
     second.wait_for_log(f"[{result.id}] already finished before this delivery")
     assert succeeded([first, second], result.parent.id) == 2
     assert succeeded([first, second], result.id) == 1

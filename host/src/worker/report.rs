@@ -115,30 +115,29 @@ async fn store_publish_then_settle(
 /// a redelivered copy that finds it is acked without running or publishing again
 /// (`redelivery.rs`).
 async fn publish_then_store(shared: &Shared, request: &TaskRequest, result: TaskResult, follow_ups: Steps) -> bool {
-    if request.embed.chord.is_some() {
-        let completion = match chord::part_returned(shared, request, result.state.clone(), &result.result).await {
+    let completion = match request.embed.chord {
+        Some(_) => match chord::part_returned(shared, request, result.state.clone(), &result.result).await {
             Ok(completion) => completion,
             Err(err) => {
                 tracing::error!(task_id = %request.id, group_id = ?request.group, error = %err,
                     "cannot count the task in its chord; returning the message to the queue");
                 return false;
             }
-        };
-        if !publish(shared, request, follow_ups).await {
-            if let Some((completion, _)) = &completion {
-                chord::release(shared, completion, false).await;
-            }
+        },
+        None => None,
+    };
+    if !publish(shared, request, follow_ups).await {
+        if let Some((completion, _)) = &completion {
+            chord::release(shared, completion, false).await;
+        }
+        return false;
+    }
+    if let Some((completion, body)) = completion {
+        let sent = publish(shared, request, body).await;
+        chord::release(shared, &completion, sent).await;
+        if !sent {
             return false;
         }
-        if let Some((completion, body)) = completion {
-            let sent = publish(shared, request, body).await;
-            chord::release(shared, &completion, sent).await;
-            if !sent {
-                return false;
-            }
-        }
-    } else if !publish(shared, request, follow_ups).await {
-        return false;
     }
     fault::check(fault::Point::BeforeStore, &request.name);
     store(shared, request, result).await
