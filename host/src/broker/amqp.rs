@@ -8,12 +8,15 @@
 //! channel were not acked, so RabbitMQ delivers them again.
 //!
 //! Acks from concurrent tasks are written together (`amqp_acks`): one multiple ack per
-//! batch rather than a frame, and a wake-up of lapin's I/O thread, per message.
+//! batch rather than a frame, and a wake-up of lapin's I/O thread, per message; an ack
+//! that cannot join a multiple one yet waits a few milliseconds for the chance.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as SyncMutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -28,7 +31,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 
 use tokio::sync::{mpsc, Mutex};
 
-use super::amqp_acks::AckLedger;
+use super::amqp_acks::{AckLedger, SINGLE_ACK_HOLD};
 use super::amqp_parking::DelayQueues;
 use super::{Broker, BrokerError, Delivery};
 use crate::batch::Batcher;
@@ -57,6 +60,8 @@ struct AckChannel {
     generation: u64,
     channel: Option<Channel>,
     ledger: AckLedger,
+    /// A flush of held-back acks is scheduled.
+    timer_armed: bool,
 }
 
 type Acks = Arc<SyncMutex<AckChannel>>;
@@ -66,9 +71,11 @@ fn lock(acks: &Acks) -> std::sync::MutexGuard<'_, AckChannel> {
 }
 
 /// Send the acks for a batch of finished deliveries: one multiple ack for the run the
-/// ledger allows, single acks for the rest. Deliveries from a channel that has since
-/// died need nothing: RabbitMQ redelivers them.
-async fn flush_acks(acks: &Acks, batch: Vec<Held>) -> Result<(), BrokerError> {
+/// ledger allows, single acks for those it no longer holds back, and a later flush for
+/// those it still does. Deliveries from a channel that has since died need nothing:
+/// RabbitMQ redelivers them. `now` is when to plan for: a moment past every hold sends
+/// everything.
+async fn flush_acks(acks: &Acks, batch: Vec<Held>, now: Instant) -> Result<(), BrokerError> {
     let (channel, plan) = {
         let mut current = lock(acks);
         let generation = current.generation;
@@ -76,7 +83,11 @@ async fn flush_acks(acks: &Acks, batch: Vec<Held>) -> Result<(), BrokerError> {
             .iter()
             .filter(|held| held.generation == generation)
             .map(|held| held.channel_tag);
-        let plan = current.ledger.plan(tags.collect::<Vec<_>>());
+        let plan = current.ledger.plan(tags.collect::<Vec<_>>(), now);
+        if let Some(at) = plan.again_at.filter(|_| !current.timer_armed) {
+            current.timer_armed = true;
+            tokio::spawn(flush_held_acks(acks.clone(), at));
+        }
         (current.channel.clone(), plan)
     };
     let Some(channel) = channel else {
@@ -92,6 +103,17 @@ async fn flush_acks(acks: &Acks, batch: Vec<Held>) -> Result<(), BrokerError> {
         channel.basic_ack(tag, BasicAckOptions::default()).await.map_err(op)?;
     }
     Ok(())
+}
+
+/// At `at`, send the acks the ledger held back (boxed: it is spawned from `flush_acks`).
+fn flush_held_acks(acks: Acks, at: Instant) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        tokio::time::sleep_until(at.into()).await;
+        lock(&acks).timer_armed = false;
+        if let Err(err) = flush_acks(&acks, Vec::new(), Instant::now()).await {
+            tracing::warn!(error = %err, "cannot acknowledge finished messages; they will be delivered again");
+        }
+    })
 }
 
 /// Queue arguments from transport options: `max_priority` and `queue_type` (quorum).
@@ -139,7 +161,7 @@ impl AmqpBroker {
         let flush_to = acks.clone();
         let ack_batcher = Batcher::start(ACK_BATCH, move |batch: Vec<Held>| {
             let acks = flush_to.clone();
-            async move { flush_acks(&acks, batch).await }
+            async move { flush_acks(&acks, batch, Instant::now()).await }
         });
         let broker = AmqpBroker {
             url: url.to_owned(),
@@ -190,6 +212,8 @@ impl AmqpBroker {
                 generation: acks.generation + 1,
                 channel: Some(channel.clone()),
                 ledger: AckLedger::default(),
+                // A flush already scheduled still comes, and finds the new ledger.
+                timer_armed: acks.timer_armed,
             };
             acks.generation
         };
@@ -453,6 +477,10 @@ impl Broker for AmqpBroker {
     }
 
     async fn close(&self) -> Result<(), BrokerError> {
+        // Acks still held back go now, so those tasks are not delivered again.
+        if let Err(err) = flush_acks(&self.acks, Vec::new(), Instant::now() + SINGLE_ACK_HOLD).await {
+            tracing::warn!(error = %err, "cannot acknowledge finished messages; they will be delivered again");
+        }
         // Closing the connection hands every unacknowledged message back to RabbitMQ.
         if let Some(live) = self.live.lock().await.take() {
             live.connection.close(200, "worker shutdown".into()).await.map_err(op)?;

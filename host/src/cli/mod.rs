@@ -141,8 +141,11 @@ fn run_inner(cli: Cli) -> anyhow::Result<ExitCode> {
     logging::init(&cli.common.loglevel, format.as_deref())?;
     // Guests run on executor threads of their own (worker::executor); broker and backend
     // I/O is light, and a second I/O thread measured no faster on 2 cores, only busier.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    // One thread runs it all, the worker loop included: with a multi-thread runtime the
+    // loop (polled by `block_on` on the main thread) handed every batch of messages to
+    // the runtime's thread and back, and that runtime starts the last task spawned first,
+    // which would run a batch of deliveries out of order.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
