@@ -7,7 +7,7 @@
 //! tag still running) is held back for [`SINGLE_ACK_HOLD`]: usually the gap closes by then
 //! (the other executor finishes) and the next multiple ack covers it too. Past that it is
 //! acked on its own, so a long task never holds back the acks, and so the prefetch window,
-//! of the short ones after it. Measured on a RabbitMQ drain of 20,000 tasks, `-c 2`: 6,009
+//! of the short ones after it. Measured on a RabbitMQ drain of 20,000 tasks, `-c 2`: 4,562
 //! single acks without the hold, none with it (5,884 multiple acks in all).
 //!
 //! A multiple ack only ever names a tag the server still counts as unacked: RabbitMQ
