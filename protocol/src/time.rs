@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Datelike, NaiveDateTime, Utc};
 
 /// The longest delay or wait the host plans with: a year, far beyond any real task and
 /// far from the clocks' limits, so adding it to "now" never overflows.
@@ -26,13 +26,18 @@ pub fn from_now(value: f64) -> Option<DateTime<Utc>> {
 /// Parse a header datetime (`eta`, `expires`): ISO 8601, with or without an offset; a
 /// value without an offset is UTC, as Celery's worker reads it.
 pub fn parse_iso(text: &str) -> Option<DateTime<Utc>> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Some(t.with_timezone(&Utc));
-    }
-    ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
-        .iter()
-        .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
-        .map(|naive| naive.and_utc())
+    let parsed = DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .ok()
+        .or_else(|| {
+            ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
+                .iter()
+                .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
+                .map(|naive| naive.and_utc())
+        });
+    // Python's datetime holds years 1 to 9999 only; chrono reads "-2026-…" or "+12026-…"
+    // too, which `to_iso` could not write back in a form this reads (found by fuzzing).
+    parsed.filter(|t| (1..=9999).contains(&t.year()))
 }
 
 /// Format as Python's `datetime.isoformat()` of an aware UTC value: microseconds and
@@ -52,6 +57,14 @@ pub fn unix_now() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn years_python_cannot_hold_are_not_dates() {
+        assert_eq!(parse_iso("-2026-11-25T10:00:00"), None);
+        assert_eq!(parse_iso("+12026-11-25T10:00:00"), None);
+        let last = parse_iso("9999-12-31T23:59:59").unwrap();
+        assert_eq!(parse_iso(&to_iso(last)), Some(last));
+    }
 
     #[test]
     fn parses_celery_forms() {
