@@ -172,6 +172,19 @@ def free_port():
         return s.getsockname()[1]
 
 
+def wait_for_port(port, server, what, timeout, why=lambda: ""):
+    """Wait until a private `server` process accepts connections on `port`; fail with
+    `what` (and `why()`, e.g. its log) if it exits or takes longer than `timeout` s."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert server.poll() is None and time.time() < deadline, f"{what} did not start{why()}"
+            time.sleep(0.1)
+
+
 def start_redis(port, folder):
     """A private redis-server (append-only, so a restart keeps its data) on `port`."""
     process = subprocess.Popen(

@@ -22,7 +22,7 @@ from celery.exceptions import ChordError
 from kombu import Queue
 
 from celeriac_celery import enable_rpc_chords
-from conftest import BIN, REDIS_HOST, REDIS_PORT, celery_app, eventually, free_port, received_ids, stored_results
+from conftest import BIN, REDIS_HOST, REDIS_PORT, celery_app, eventually, free_port, received_ids, stored_results, wait_for_port
 
 BROKER = "amqp://guest:guest@127.0.0.1:5672//"
 TIMEOUT = 60
@@ -144,15 +144,8 @@ loopback_users = none
                RABBITMQ_FEATURE_FLAGS_FILE=str(folder / "feature_flags"), RABBITMQ_PID_FILE=str(folder / "pid"))
     server = subprocess.Popen(["rabbitmq-server"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                log = "".join(p.read_text(errors="replace") for p in (folder / "log").glob("*.log"))
-                assert server.poll() is None and time.time() < deadline, f"private RabbitMQ did not start:\n{log}"
-                time.sleep(0.3)
+        log = lambda: ":\n" + "".join(p.read_text(errors="replace") for p in (folder / "log").glob("*.log"))
+        wait_for_port(port, server, "private RabbitMQ", 60, why=log)
         yield f"amqps://guest:guest@localhost:{port}//", folder / "ca.pem"
     finally:
         subprocess.run(["rabbitmqctl", "-n", node, "stop"], capture_output=True, timeout=60)

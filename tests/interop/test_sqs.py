@@ -6,7 +6,6 @@ this module and stopped after it; each test names its queues with a prefix of it
 
 import base64
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import boto3
 import pytest
 import redis
 
-from conftest import BIN, PLUGINS, REDIS_HOST, REDIS_PORT, celery_app, eventually, free_port, received_ids, stored_results
+from conftest import BIN, PLUGINS, REDIS_HOST, REDIS_PORT, celery_app, eventually, free_port, received_ids, stored_results, wait_for_port
 from databases import throwaway_database
 
 TIMEOUT = 60
@@ -28,14 +27,7 @@ def sqs_endpoint():
     port = free_port()
     server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert time.time() < deadline and server.poll() is None, "moto_server did not start"
-            time.sleep(0.1)
+    wait_for_port(port, server, "moto_server", 30)
     yield f"127.0.0.1:{port}"
     server.terminate()
     server.wait(timeout=10)

@@ -6,7 +6,6 @@ virtual host of its own (`zookeeper://HOST:PORT/VHOST`, kombu's path prefix).
 """
 
 import json
-import socket
 import subprocess
 import time
 import uuid
@@ -16,7 +15,7 @@ import pytest
 import redis
 from kazoo.client import KazooClient
 
-from conftest import REDIS_HOST, REDIS_PORT, celery_app, eventually, free_port, stored_results
+from conftest import REDIS_HOST, REDIS_PORT, celery_app, eventually, free_port, stored_results, wait_for_port
 from databases import throwaway_database
 
 TIMEOUT = 60
@@ -33,14 +32,8 @@ def zookeeper(tmp_path_factory):
         ["java", "-cp", f"/etc/zookeeper/conf:{ZOOKEEPER_JAR}", "-Dzookeeper.admin.enableServer=false",
          "org.apache.zookeeper.server.ZooKeeperServerMain", str(port), str(data)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while True:  # kazoo would log every refused attempt; wait for the port quietly
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert time.time() < deadline and server.poll() is None, "ZooKeeper did not start"
-            time.sleep(0.1)
+    # kazoo would log every refused attempt; wait for the port quietly.
+    wait_for_port(port, server, "ZooKeeper", 60)
     client = KazooClient(f"127.0.0.1:{port}")
     client.start(timeout=60)
     yield f"127.0.0.1:{port}", client
