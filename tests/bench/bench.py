@@ -2,9 +2,10 @@
 
 For each broker (Redis; RabbitMQ with results on Redis) it (1) fills the queue with N `math.add` tasks from the real Python
 Celery client while no worker runs, (2) starts the worker (`-c 2`) and times the drain
-until every result is stored, (3) measures round-trip latency of sequential
-`send_task(...).get()` calls, and (4) records the worker's RSS (all processes) while
-idle and at the end of the drain; then (5) drains N tasks sent with `ignore_result=True`.
+until every result is stored, with the CPU time each task cost the worker and the broker
+and backend servers, (3) measures round-trip latency of sequential `send_task(...).get()`
+calls, counting the client's own sleeps, and (4) records the worker's RSS (all processes)
+while idle and at the end of the drain; then (5) drains N tasks sent with `ignore_result=True`.
 Celeriac and Celery alternate, `--runs` times each; medians go to RESULTS.md, with a
 chart in RESULTS.png. Beside them: the Celery client's own round-trip floor, the raw
 Redis ceiling for the commands one task needs, and the host's per-task cost from the
@@ -37,23 +38,102 @@ PLUGINS = Path(os.environ.get("CELERIAC_PLUGIN_DIR", TARGET / "plugins"))
 REDIS_DB = 14
 
 
-def rss_kb(pid, field="VmRSS"):
-    """Resident memory of a process and all its descendants, in KiB; `VmHWM` for the peak."""
-    total, todo = 0, [pid]
+def process_tree(pid):
+    """A process and all its descendants (Celery's prefork children)."""
+    todo = [pid]
     while todo:
         p = todo.pop()
+        yield p
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo.extend(int(c) for c in f.read().split())
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+
+
+def rss_kb(pid, field="VmRSS"):
+    """Resident memory of a process and all its descendants, in KiB; `VmHWM` for the peak."""
+    total = 0
+    for p in process_tree(pid):
         try:
             with open(f"/proc/{p}/status") as f:
                 total += next(int(l.split()[1]) for l in f if l.startswith(field + ":"))
-            with open(f"/proc/{p}/task/{p}/children") as f:
-                todo.extend(int(c) for c in f.read().split())
         except (FileNotFoundError, StopIteration, ProcessLookupError):
             pass
     return total
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of a process and all its descendants."""
+    ticks = 0
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def server_pid(command):
+    """The pid of the running server whose command name is `command` (beam.smp, redis-server)."""
+    for p in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{p}/comm") as f:
+                if f.read().strip() == command:
+                    return int(p)
+        except (FileNotFoundError, NotADirectoryError, ProcessLookupError):
+            pass
+    raise RuntimeError(f"no {command} process is running")
+
+
+class ClientSleeps:
+    """Counts the `time.sleep(0)` calls Celery's result drainer makes while a `.get()` waits
+    (celery/backends/asynchronous.py yields to other threads between polls)."""
+
+    def __init__(self):
+        self.count = 0
+        self.per_call = []
+
+    def call_done(self):
+        self.per_call.append(self.count - sum(self.per_call))
+
+    def short_path(self):
+        """Share of round trips that found the result at the first read (one sleep, in
+        `on_state_change`, and no drain loop)."""
+        return sum(1 for n in self.per_call if n <= 1) / len(self.per_call)
+
+    def __enter__(self):
+        import celery.backends.asynchronous as drainer
+
+        self.module, self.sleep = drainer, drainer.sleep
+
+        def counted(seconds):
+            self.count += 1
+            self.sleep(seconds)
+
+        drainer.sleep = counted
+        return self
+
+    def __exit__(self, *exc):
+        self.module.sleep = self.sleep
+
+
+def sleep0_us():
+    """What one `time.sleep(0)` costs this process, in µs (median of 5 × 1,000)."""
+    costs = []
+    for _ in range(5):
+        began = time.perf_counter()
+        for _ in range(1000):
+            time.sleep(0)
+        costs.append((time.perf_counter() - began) * 1000)
+    return statistics.median(costs)
+
+
 class Redis:
     name = "redis"
+    servers = {"Redis": "redis-server"}
 
     def __init__(self):
         self.url = f"redis://127.0.0.1:6379/{REDIS_DB}"
@@ -76,6 +156,7 @@ class Amqp:
     """RabbitMQ as broker, results on Redis (the usual pairing)."""
 
     name = "rabbitmq"
+    servers = {"RabbitMQ": "beam.smp", "Redis": "redis-server"}
 
     def __init__(self):
         self.url = "amqp://guest:guest@127.0.0.1:5672//"
@@ -133,13 +214,15 @@ def wait_ready(app, timeout=60):
     raise RuntimeError("worker did not become ready")
 
 
-def round_trips(app, calls, check=True):
+def round_trips(app, calls, check=True, sleeps=None):
     """Latencies in ms of `calls` sequential send_task(...).get(), sorted."""
     latencies = []
     for i in range(calls):
         t = time.perf_counter()
         result = app.send_task("math.add", (i, 1)).get(timeout=10)
         latencies.append((time.perf_counter() - t) * 1000)
+        if sleeps:
+            sleeps.call_done()
         assert not check or result == i + 1, f"math.add({i}, 1) returned {result}"
     return sorted(latencies)
 
@@ -161,11 +244,12 @@ def client_floor(broker, calls):
     process = subprocess.Popen([sys.executable, str(HERE / "null_worker.py"), broker.url])
     try:
         wait_ready(app)
-        latencies = round_trips(app, calls, check=False)
+        with ClientSleeps() as sleeps:
+            latencies = round_trips(app, calls, check=False, sleeps=sleeps)
     finally:
         process.terminate()
         process.wait(timeout=30)
-    return {"p50": p50(latencies), "p99": p99(latencies)}
+    return {"p50": p50(latencies), "p99": p99(latencies), "short": sleeps.short_path()}
 
 
 def wait_until(done, process, log, kind):
@@ -210,17 +294,23 @@ def one_run(kind, broker, tasks, rtt_calls):
     # Fill the queue while no worker runs.
     results = [app.send_task("math.add", (i, i)) for i in range(tasks)]
     start = start_celeriac if kind == "celeriac" else start_celery
+    servers = {name: server_pid(command) for name, command in broker.servers.items()}
+    servers_before = {name: cpu_seconds(pid) for name, pid in servers.items()}
     with tempfile.TemporaryFile("w+") as log:
         process = start(broker, log)
         try:
             drain = wait_until(lambda: broker.drained(tasks), process, log, kind)
+            # CPU per task over the drain (the worker's start-up included, as in the rate).
+            cpu = {"worker": cpu_seconds(process.pid)}
+            cpu.update({name: cpu_seconds(pid) - servers_before[name] for name, pid in servers.items()})
             rss_busy = rss_kb(process.pid, "VmHWM")
             wrong = [i for i, r in list(enumerate(results))[:: max(1, tasks // 100)] if r.get(timeout=10) != 2 * i]
             assert not wrong, f"{kind}: wrong results for {wrong[:5]}"
             wait_ready(app)
             time.sleep(1)
             rss_idle = rss_kb(process.pid)
-            latencies = round_trips(app, rtt_calls)
+            with ClientSleeps() as sleeps:
+                latencies = round_trips(app, rtt_calls, sleeps=sleeps)
         finally:
             stop(process)
     return {
@@ -229,6 +319,9 @@ def one_run(kind, broker, tasks, rtt_calls):
         "p99": p99(latencies),
         "rss_idle": rss_idle / 1024,
         "rss_busy": rss_busy / 1024,
+        "sleeps": statistics.median(sleeps.per_call),
+        "short": sleeps.short_path(),
+        **{f"cpu {name}": seconds * 1e6 / tasks for name, seconds in cpu.items()},
     }
 
 
@@ -335,6 +428,7 @@ def main():
             print(f"redis client floor: p50={floor['p50']:.2f} p99={floor['p99']:.2f}", flush=True)
     ceiling = redis_ceiling()
     cost = host_cost_us()
+    sleep_cost = sleep0_us()
     redis_rate = rows[0][1]["celeriac"]["rate"]
 
     lines = [
@@ -362,11 +456,37 @@ def main():
         ]
     lines += [
         "",
+        "CPU per task over the drain with results stored, in µs (process CPU times, the worker's start-up",
+        f"included), and the rate those costs would allow if the {os.cpu_count()} cores did nothing else:",
+        "",
+        "| broker | worker | the worker | servers | all | at most (tasks/s) |",
+        "| --- | --- | ---: | --- | ---: | ---: |",
+    ]
+    for name, m in rows:
+        for kind, label in (("celeriac", "Celeriac"), ("celery", "Celery prefork")):
+            figures = m[kind]
+            servers = {key[4:]: us for key, us in figures.items() if key.startswith("cpu ") and key != "cpu worker"}
+            total = figures["cpu worker"] + sum(servers.values())
+            lines.append(
+                f"| {name} | {label} | {figures['cpu worker']:.0f} | "
+                + ", ".join(f"{server} {us:.0f}" for server, us in servers.items())
+                + f" | {total:.0f} | {os.cpu_count() * 1e6 / total:.0f} |")
+    lines += [
+        "",
         "Limits, measured in the same run:",
         "",
         "- Client floor (Redis): the same client's round trip against `null_worker.py`, a loop that only",
         f"  takes each message and stores a fixed result (BRPOP, then SET + PUBLISH): p50 {floor['p50']:.2f} ms,",
         f"  p99 {floor['p99']:.2f} ms. That part of every round trip is the client's and the broker's.",
+        f"- Client sleeps: while `.get()` waits, Celery's result drainer calls `time.sleep(0)`, "
+        f"{rows[0][1]['celeriac']['sleeps']:.0f} times",
+        f"  in the median round trip (Redis, Celeriac); one costs {sleep_cost:.0f} µs in this process (the kernel's default",
+        f"  timer slack is 50 µs), so about {rows[0][1]['celeriac']['sleeps'] * sleep_cost / 1000:.2f} ms of such a round trip is the client asleep. A result",
+        "  already stored when the client first reads the key (0.2–0.3 ms after its LPUSH here) skips the",
+        "  drainer's loop and all but one of those sleeps. That short path was taken in "
+        f"{100 * floor['short']:.0f}% of the null worker's",
+        f"  round trips, {100 * rows[0][1]['celeriac']['short']:.0f}% of Celeriac's and "
+        f"{100 * rows[0][1]['celery']['short']:.0f}% of Celery's (Redis).",
         f"- Redis ceiling: {ceiling:.0f} tasks/s if Redis did nothing but the commands one task needs on the",
         "  worker's side (RPOP, ZADD, HSET, GET, SET EX, PUBLISH, ZREM, HDEL; `redis-benchmark -P 64`).",
         f"  Celeriac's Redis drain reaches {100 * redis_rate / ceiling:.0f}% of it; the worker's CPU, not Redis, is the limit",
