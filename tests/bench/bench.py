@@ -95,9 +95,11 @@ class ClientSleeps:
     def __init__(self):
         self.count = 0
         self.per_call = []
+        self.counted_before = 0
 
     def call_done(self):
-        self.per_call.append(self.count - sum(self.per_call))
+        self.per_call.append(self.count - self.counted_before)
+        self.counted_before = self.count
 
     def short_path(self):
         """Share of round trips that found the result at the first read (one sleep, in
@@ -459,7 +461,7 @@ def main():
         "CPU per task over the drain with results stored, in µs (process CPU times, the worker's start-up",
         f"included), and the rate those costs would allow if the {os.cpu_count()} cores did nothing else:",
         "",
-        "| broker | worker | the worker | servers | all | at most (tasks/s) |",
+        "| broker | worker | worker CPU | servers' CPU | all | at most (tasks/s) |",
         "| --- | --- | ---: | --- | ---: | ---: |",
     ]
     for name, m in rows:
@@ -482,10 +484,10 @@ def main():
         f"{rows[0][1]['celeriac']['sleeps']:.0f} times",
         f"  in the median round trip (Redis, Celeriac); one costs {sleep_cost:.0f} µs in this process (the kernel's default",
         f"  timer slack is 50 µs), so about {rows[0][1]['celeriac']['sleeps'] * sleep_cost / 1000:.2f} ms of such a round trip is the client asleep. A result",
-        "  already stored when the client first reads the key (0.2–0.3 ms after its LPUSH here) skips the",
-        "  drainer's loop and all but one of those sleeps. That short path was taken in "
-        f"{100 * floor['short']:.0f}% of the null worker's",
-        f"  round trips, {100 * rows[0][1]['celeriac']['short']:.0f}% of Celeriac's and "
+        "  already stored when the client first reads the key (0.2–0.3 ms after its LPUSH on this machine, seen",
+        "  with `redis-cli monitor`) skips the drainer's loop and all but one of those sleeps. That short",
+        f"  path was taken in {100 * floor['short']:.0f}% of the null worker's round trips, "
+        f"{100 * rows[0][1]['celeriac']['short']:.0f}% of Celeriac's and "
         f"{100 * rows[0][1]['celery']['short']:.0f}% of Celery's (Redis).",
         f"- Redis ceiling: {ceiling:.0f} tasks/s if Redis did nothing but the commands one task needs on the",
         "  worker's side (RPOP, ZADD, HSET, GET, SET EX, PUBLISH, ZREM, HDEL; `redis-benchmark -P 64`).",
