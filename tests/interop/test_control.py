@@ -269,9 +269,10 @@ def test_consumers_and_pool_change_at_run_time(broker, node, make_worker):
 
         assert celery_cli(url, "control", "cancel_consumer", extra, "-d", node) == {
             node: {"ok": f"no longer consuming from {extra}"}}
+        # At once: a receive already waiting on the cancelled queue must hand this back.
+        waiting = app.send_task("math.add", (5, 5), queue=extra)
         queues = celery_cli(url, "inspect", "active_queues", "-d", node)[node]
         assert [q["name"] for q in queues] == [queue]
-        waiting = app.send_task("math.add", (5, 5), queue=extra)
         time.sleep(1.5)
         assert waiting.state == "PENDING", "a cancelled queue is not consumed"
 

@@ -274,7 +274,8 @@ impl Worker {
                 _ = stop_signal.changed() => break,
             };
             let room = shared.gate.room();
-            let deliveries = match self.broker.receive(&shared.queues(), room, RECEIVE_WAIT).await {
+            let asked = shared.queues();
+            let deliveries = match self.broker.receive(&asked, room, RECEIVE_WAIT).await {
                 Ok(deliveries) => {
                     backoff = Duration::from_millis(100);
                     deliveries
@@ -288,8 +289,18 @@ impl Worker {
                     continue;
                 }
             };
+            // A queue cancelled while the receive waited (a Redis BRPOP blocks on every
+            // queue it was given) may still have yielded a message: it goes back, as
+            // kombu hands back a message for a queue without consumers.
+            let current = shared.queues();
+            let cancelled: Vec<&String> = asked.iter().filter(|q| !current.contains(q)).collect();
             let mut first = Some(first);
             for delivery in deliveries {
+                if cancelled.contains(&&delivery.queue) {
+                    tracing::debug!(queue = %delivery.queue, "handing back a message from a cancelled queue");
+                    self.broker.reject(&delivery, true).await?;
+                    continue;
+                }
                 // Only this loop admits messages, and `room` counted them.
                 let Some(admission) = first.take().or_else(|| shared.gate.try_admit()) else {
                     self.broker.reject(&delivery, true).await?;
