@@ -4,12 +4,15 @@
 //! A single flusher takes whatever has queued up meanwhile (up to a limit) and writes it
 //! in one call. When items arrive one at a time nothing waits: the flusher writes each at
 //! once. Under load a batch forms while the previous write is in flight, so acks and
-//! result writes cost one round trip per batch instead of one per task.
+//! result writes cost one round trip per batch instead of one per task; a batcher given a
+//! [`Linger`] also waits a little for the items it knows are coming.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 type Reply<E> = oneshot::Sender<Result<(), Arc<E>>>;
 
@@ -17,9 +20,27 @@ pub struct Batcher<T, E> {
     queue: mpsc::UnboundedSender<(T, Reply<E>)>,
 }
 
+/// How long a batch may wait for more items before it is written: while it holds fewer
+/// than `target` says (asked afresh as items come; a lone item's target is 1, so it is
+/// written at once), as long as the next item comes within `gap`, and `most` in all.
+pub struct Linger {
+    pub target: Box<dyn Fn() -> usize + Send + Sync>,
+    pub gap: Duration,
+    pub most: Duration,
+}
+
 impl<T: Send + 'static, E: Send + Sync + 'static> Batcher<T, E> {
     /// Start the flusher: `flush` writes a batch of at most `limit` items.
     pub fn start<F, Fut>(limit: usize, flush: F) -> Batcher<T, E>
+    where
+        F: Fn(Vec<T>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send,
+    {
+        Self::start_lingering(limit, None, flush)
+    }
+
+    /// [`Batcher::start`], with batches that wait for coming items as `linger` says.
+    pub fn start_lingering<F, Fut>(limit: usize, linger: Option<Linger>, flush: F) -> Batcher<T, E>
     where
         F: Fn(Vec<T>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<(), E>> + Send,
@@ -36,6 +57,15 @@ impl<T: Send + 'static, E: Send + Sync + 'static> Batcher<T, E> {
                     match pending.try_recv() {
                         Ok(item) => batch.push(item),
                         Err(_) => break,
+                    }
+                }
+                if let Some(linger) = &linger {
+                    let last = Instant::now() + linger.most;
+                    while batch.len() < limit && batch.len() < (linger.target)() {
+                        match tokio::time::timeout_at((Instant::now() + linger.gap).min(last), pending.recv()).await {
+                            Ok(Some(item)) => batch.push(item),
+                            _ => break,
+                        }
                     }
                 }
                 let (items, replies): (Vec<T>, Vec<Reply<E>>) = batch.drain(..).unzip();
@@ -120,5 +150,52 @@ mod tests {
         assert!(flushes.len() < 50, "items were not batched: {flushes:?}");
         let poisoned: usize = flushes.iter().filter(|f| f.1).map(|f| f.0).sum();
         assert_eq!(failed, poisoned, "exactly the items flushed with 13 fail");
+    }
+
+    #[tokio::test]
+    async fn a_lingering_batch_waits_for_its_target_but_not_past_a_gap() {
+        use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let target = Arc::new(AtomicUsize::new(1));
+        let (seen, wanted) = (sizes.clone(), target.clone());
+        let linger = Linger {
+            target: Box::new(move || wanted.load(Relaxed)),
+            gap: Duration::from_millis(100),
+            most: Duration::from_secs(5),
+        };
+        let batcher = Arc::new(Batcher::start_lingering(100, Some(linger), move |items: Vec<u32>| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(items.len());
+                Ok::<(), Error>(())
+            }
+        }));
+        // A target of one: written at once.
+        let began = Instant::now();
+        batcher.submit(0).await.unwrap();
+        assert!(began.elapsed() < Duration::from_millis(50));
+        // A target of three: three items 10 ms apart share one write.
+        target.store(3, Relaxed);
+        let calls: Vec<_> = (1..=3u32)
+            .map(|i| {
+                let b = batcher.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(10 * u64::from(i))).await;
+                    b.submit(i).await
+                })
+            })
+            .collect();
+        for call in calls {
+            call.await.unwrap().unwrap();
+        }
+        // A target never reached: written once no item came within the gap.
+        let began = Instant::now();
+        batcher.submit(9).await.unwrap();
+        let waited = began.elapsed();
+        assert!(
+            waited >= Duration::from_millis(100) && waited < Duration::from_secs(2),
+            "{waited:?}"
+        );
+        assert_eq!(*sizes.lock().unwrap(), vec![1, 3, 1]);
     }
 }

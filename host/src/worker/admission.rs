@@ -43,7 +43,7 @@ pub struct Gate {
     slots: Arc<Semaphore>,
     concurrency: AtomicUsize,
     /// Reservations in all (`reserved` hands out at most this many).
-    capacity: AtomicUsize,
+    capacity: Arc<AtomicUsize>,
     /// Start time of each running task, by delivery tag.
     running: Mutex<HashMap<u64, Instant>>,
 }
@@ -54,7 +54,7 @@ impl Gate {
             reserved: Arc::new(Semaphore::new(prefetch)),
             slots: Arc::new(Semaphore::new(concurrency * 2)),
             concurrency: AtomicUsize::new(concurrency),
-            capacity: AtomicUsize::new(prefetch),
+            capacity: Arc::new(AtomicUsize::new(prefetch)),
             running: Mutex::new(HashMap::new()),
         }
     }
@@ -133,6 +133,17 @@ impl Gate {
     /// in vain (hand the message back).
     pub async fn slot(&self) -> Option<OwnedSemaphorePermit> {
         tokio::time::timeout(LOOKAHEAD_WAIT, self.idle_slot()).await.ok()?
+    }
+
+    /// How many messages the worker holds now (waiting, running or being reported), as a
+    /// counter that needs no borrow of the gate.
+    pub fn held_count(&self) -> impl Fn() -> usize + Send + Sync + 'static {
+        let (reserved, capacity) = (self.reserved.clone(), self.capacity.clone());
+        move || {
+            capacity
+                .load(Ordering::Relaxed)
+                .saturating_sub(reserved.available_permits())
+        }
     }
 
     pub fn started(&self, tag: u64) {
