@@ -1,6 +1,7 @@
 //! Task results as Celery stores them: states, the result meta dict and exceptions.
 
 use chrono::{DateTime, Utc};
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use super::time::{parse_iso, to_iso};
@@ -125,6 +126,36 @@ pub struct Extended {
     pub usage: Option<Value>,
 }
 
+/// The result meta dict as Celery writes it, key for key.
+#[derive(Serialize)]
+struct Meta<'a> {
+    status: &'a str,
+    result: &'a Value,
+    traceback: Option<&'a str>,
+    children: &'a [Value],
+    date_done: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent_id: Option<&'a str>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    extended: Option<ExtendedMeta<'a>>,
+    task_id: &'a str,
+}
+
+/// `result_extended`'s keys.
+#[derive(Serialize)]
+struct ExtendedMeta<'a> {
+    name: &'a str,
+    args: &'a [Value],
+    kwargs: &'a Map<String, Value>,
+    worker: &'a str,
+    retries: u32,
+    queue: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<&'a Value>,
+}
+
 /// One stored task state: what every result backend writes and reads.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskResult {
@@ -182,31 +213,37 @@ impl TaskResult {
 
     /// Celery's result meta dict (Redis, RPC and other key/value backends).
     pub fn to_meta(&self) -> Value {
-        let mut meta = Map::new();
-        meta.insert("status".into(), self.state.as_str().into());
-        meta.insert("result".into(), self.result.clone());
-        meta.insert("traceback".into(), self.traceback.clone().into());
-        meta.insert("children".into(), Value::Array(self.children.clone()));
-        meta.insert("date_done".into(), self.date_done.map(to_iso).into());
-        if let Some(group_id) = &self.group_id {
-            meta.insert("group_id".into(), group_id.clone().into());
+        // Serializing these borrowed fields cannot fail.
+        serde_json::to_value(self.meta()).unwrap_or(Value::Null)
+    }
+
+    /// [`TaskResult::to_meta`] as JSON text, written straight from the fields (a result
+    /// store does this for every task; going through a `Value` cost a copy of each field).
+    pub fn meta_json(&self) -> String {
+        serde_json::to_string(&self.meta()).unwrap_or_default()
+    }
+
+    /// The meta dict's fields, in Celery's order.
+    fn meta(&self) -> Meta<'_> {
+        Meta {
+            status: self.state.as_str(),
+            result: &self.result,
+            traceback: self.traceback.as_deref(),
+            children: &self.children,
+            date_done: self.date_done.map(to_iso),
+            group_id: self.group_id.as_deref(),
+            parent_id: self.parent_id.as_deref(),
+            extended: self.extended.as_ref().map(|ext| ExtendedMeta {
+                name: &ext.name,
+                args: &ext.args,
+                kwargs: &ext.kwargs,
+                worker: &ext.worker,
+                retries: ext.retries,
+                queue: &ext.queue,
+                usage: ext.usage.as_ref(),
+            }),
+            task_id: &self.task_id,
         }
-        if let Some(parent_id) = &self.parent_id {
-            meta.insert("parent_id".into(), parent_id.clone().into());
-        }
-        if let Some(ext) = &self.extended {
-            meta.insert("name".into(), ext.name.clone().into());
-            meta.insert("args".into(), ext.args.clone().into());
-            meta.insert("kwargs".into(), Value::Object(ext.kwargs.clone()));
-            meta.insert("worker".into(), ext.worker.clone().into());
-            meta.insert("retries".into(), ext.retries.into());
-            meta.insert("queue".into(), ext.queue.clone().into());
-            if let Some(usage) = &ext.usage {
-                meta.insert("usage".into(), usage.clone());
-            }
-        }
-        meta.insert("task_id".into(), self.task_id.clone().into());
-        Value::Object(meta)
     }
 
     /// Read a meta dict back.
@@ -246,5 +283,35 @@ mod tests {
         let back = TaskResult::from_meta(&meta).unwrap();
         assert_eq!(back.exception().unwrap(), exc);
         assert_eq!(exc.repr(), "ZeroDivisionError('division by zero')");
+    }
+
+    #[test]
+    fn meta_json_is_celerys_dict_key_for_key() {
+        let mut result = TaskResult::new("abc", State::Success, json!(5));
+        result.date_done = None;
+        assert_eq!(
+            result.meta_json(),
+            r#"{"status":"SUCCESS","result":5,"traceback":null,"children":[],"date_done":null,"task_id":"abc"}"#
+        );
+        result.group_id = Some("g".into());
+        result.parent_id = Some("p".into());
+        result.extended = Some(Extended {
+            name: "math.add".into(),
+            args: vec![json!(2), json!(3)],
+            kwargs: Map::new(),
+            worker: "w@h".into(),
+            retries: 1,
+            queue: "celery".into(),
+            usage: Some(json!({"runtime": 0.5})),
+        });
+        assert_eq!(
+            result.meta_json(),
+            concat!(
+                r#"{"status":"SUCCESS","result":5,"traceback":null,"children":[],"date_done":null,"#,
+                r#""group_id":"g","parent_id":"p","name":"math.add","args":[2,3],"kwargs":{},"worker":"w@h","#,
+                r#""retries":1,"queue":"celery","usage":{"runtime":0.5},"task_id":"abc"}"#
+            )
+        );
+        assert_eq!(result.to_meta().to_string(), result.meta_json());
     }
 }

@@ -97,7 +97,7 @@ impl ResultBackend for RedisBackend {
         for result in results {
             invocation
                 .key(format!("{TASK_KEY_PREFIX}{}", result.task_id))
-                .arg(result.to_meta().to_string());
+                .arg(result.meta_json());
         }
         let _: i64 = invocation.invoke_async(&mut self.conn.clone()).await.map_err(op)?;
         Ok(())

@@ -117,7 +117,7 @@ impl ResultBackend for RpcBackend {
             return Ok(());
         };
         let message = Message {
-            body: result.to_meta().to_string().into_bytes(),
+            body: result.meta_json().into_bytes(),
             content_type: "application/json".into(),
             content_encoding: "utf-8".into(),
             headers: Map::new(),

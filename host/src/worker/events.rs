@@ -220,6 +220,21 @@ pub(super) fn received_fields(request: &TaskRequest) -> Map<String, Value> {
 /// failed carry what the task used, beyond Celery's fields: `cpu_time` (seconds) and
 /// `peak_memory` (bytes of linear memory).
 pub(super) fn task_outcome(events: &Events, result: &TaskResult, usage: Usage) {
+    let kind = match result.state {
+        State::Success => "task-succeeded",
+        State::Failure => "task-failed",
+        State::Retry => "task-retried",
+        State::Revoked => "task-revoked",
+        _ => return,
+    };
+    // Built only if someone listens: most workers run without events.
+    events.task(kind, &result.task_id, || match outcome_fields(result, usage) {
+        Value::Object(fields) => fields,
+        _ => Map::new(),
+    });
+}
+
+fn outcome_fields(result: &TaskResult, usage: Usage) -> Value {
     let runtime = usage.wall.as_secs_f64();
     let (cpu_time, peak_memory) = (usage.cpu.as_secs_f64(), usage.peak_memory);
     let exception = || {
@@ -227,34 +242,22 @@ pub(super) fn task_outcome(events: &Events, result: &TaskResult, usage: Usage) {
             .exception()
             .unwrap_or_else(|| ExceptionInfo::new("Exception", "builtins", ""))
     };
-    let (kind, fields) = match result.state {
-        State::Success => (
-            "task-succeeded",
-            json!({"result": repr(&result.result), "runtime": runtime,
-                   "cpu_time": cpu_time, "peak_memory": peak_memory}),
-        ),
-        State::Failure => (
-            "task-failed",
+    match result.state {
+        State::Success => json!({"result": repr(&result.result), "runtime": runtime,
+                                 "cpu_time": cpu_time, "peak_memory": peak_memory}),
+        State::Failure => {
             json!({"exception": exception().repr(), "traceback": result.traceback.clone().unwrap_or_default(),
-                   "runtime": runtime, "cpu_time": cpu_time, "peak_memory": peak_memory}),
-        ),
-        State::Retry => (
-            "task-retried",
-            json!({"exception": exception().repr(), "traceback": result.traceback.clone().unwrap_or_default()}),
-        ),
-        State::Revoked => {
+                                 "runtime": runtime, "cpu_time": cpu_time, "peak_memory": peak_memory})
+        }
+        State::Retry => {
+            json!({"exception": exception().repr(), "traceback": result.traceback.clone().unwrap_or_default()})
+        }
+        // Revoked, the one state left that `task_outcome` passes on.
+        _ => {
             let exc = exception();
             let reason = exc.exc_message.first().and_then(Value::as_str).unwrap_or("");
             let terminated = reason == "terminated";
-            (
-                "task-revoked",
-                json!({"terminated": terminated, "signum": terminated.then_some(15), "expired": reason == "expired"}),
-            )
+            json!({"terminated": terminated, "signum": terminated.then_some(15), "expired": reason == "expired"})
         }
-        _ => return,
-    };
-    events.task(kind, &result.task_id, || match fields {
-        Value::Object(fields) => fields,
-        _ => Map::new(),
-    });
+    }
 }
