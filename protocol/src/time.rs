@@ -43,7 +43,9 @@ pub fn parse_iso(text: &str) -> Option<DateTime<Utc>> {
 /// Format as Python's `datetime.isoformat()` of an aware UTC value: microseconds and
 /// `+00:00`, which every Python version's `fromisoformat` accepts.
 pub fn to_iso(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()
+    // The same text as the format "%Y-%m-%dT%H:%M:%S%.6f+00:00", without parsing a
+    // format string for every result.
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, false)
 }
 
 /// Seconds since the epoch, as Python's `time.time()`.
@@ -74,6 +76,10 @@ mod tests {
         assert_eq!(with_offset, zulu);
         assert_eq!(with_offset, naive);
         assert_eq!(to_iso(with_offset), "2026-11-24T09:48:43.365997+00:00");
+        let whole_second = DateTime::parse_from_rfc3339("2026-11-24T09:48:43Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(to_iso(whole_second), "2026-11-24T09:48:43.000000+00:00");
         assert!(parse_iso("tomorrow").is_none());
     }
 
