@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, Mutex};
 use super::amqp_acks::{AckLedger, SINGLE_ACK_HOLD};
 use super::amqp_parking::DelayQueues;
 use super::{Broker, BrokerError, Delivery};
-use crate::batch::Batcher;
+use crate::batch::{Batcher, Linger};
 use crate::config::redact;
 use crate::protocol::amqp_table::{json_to_table, table_to_json};
 use crate::protocol::{DeliveryInfo, Message, Properties};
@@ -46,6 +46,9 @@ struct Live {
 
 /// Most acks written in one go.
 const ACK_BATCH: usize = 1024;
+/// How long a batch of acks waits for each next one, and in all (see `open`).
+const ACK_LINGER_GAP: Duration = Duration::from_micros(250);
+const ACK_LINGER_MOST: Duration = Duration::from_millis(1);
 
 /// A delivery the worker holds, and the channel (by generation) it came on.
 struct Held {
@@ -140,7 +143,7 @@ pub struct AmqpBroker {
     /// Deliveries from every consumer, with the generation of their channel.
     inbox: Mutex<mpsc::UnboundedReceiver<(u64, lapin::message::Delivery)>>,
     inbox_sender: mpsc::UnboundedSender<(u64, lapin::message::Delivery)>,
-    held: SyncMutex<HashMap<u64, Held>>,
+    held: Arc<SyncMutex<HashMap<u64, Held>>>,
     /// The consumer of each queue on the live channel, for `cancel_queue`.
     consumer_tags: SyncMutex<HashMap<String, String>>,
     next_tag: AtomicU64,
@@ -159,7 +162,16 @@ impl AmqpBroker {
         let (inbox_sender, inbox) = mpsc::unbounded_channel();
         let acks = Acks::default();
         let flush_to = acks.clone();
-        let ack_batcher = Batcher::start(ACK_BATCH, move |batch: Vec<Held>| {
+        let held: Arc<SyncMutex<HashMap<u64, Held>>> = Arc::default();
+        let still_held = held.clone();
+        // Acks wait while they are fewer than the deliveries still unacknowledged: half
+        // the window is acked while the other half runs.
+        let linger = Linger {
+            target: Box::new(move || still_held.lock().unwrap_or_else(|e| e.into_inner()).len()),
+            gap: ACK_LINGER_GAP,
+            most: ACK_LINGER_MOST,
+        };
+        let ack_batcher = Batcher::start_lingering(ACK_BATCH, Some(linger), move |batch: Vec<Held>| {
             let acks = flush_to.clone();
             async move { flush_acks(&acks, batch, Instant::now()).await }
         });
@@ -170,7 +182,7 @@ impl AmqpBroker {
             consuming: SyncMutex::new(None),
             inbox: Mutex::new(inbox),
             inbox_sender,
-            held: SyncMutex::new(HashMap::new()),
+            held,
             consumer_tags: SyncMutex::new(HashMap::new()),
             next_tag: AtomicU64::new(1),
             acks,
