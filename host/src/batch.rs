@@ -21,12 +21,27 @@ pub struct Batcher<T, E> {
 }
 
 /// How long a batch may wait for more items before it is written: while it holds fewer
-/// than `target` says (asked afresh as items come; a lone item's target is 1, so it is
-/// written at once), as long as the next item comes within `gap`, and `most` in all.
+/// than `target` says (asked afresh as items come; a batch already that big is written at
+/// once), as long as the next item comes within `gap`, and `most` in all.
 pub struct Linger {
     pub target: Box<dyn Fn() -> usize + Send + Sync>,
     pub gap: Duration,
     pub most: Duration,
+}
+
+impl Linger {
+    /// The linger of result writes and acks: up to 250 µs for each next item, 1 ms in all.
+    /// Measured on drains of 20,000 tasks with results on Redis (`-c 2`, medians of 3
+    /// alternating runs), results waiting for half the held messages: RabbitMQ 14.3k →
+    /// 16.3k tasks/s, CPU per task of the worker 57 → 48 µs, RabbitMQ 36 → 30 µs, Redis
+    /// 12 → 7 µs; Redis broker 22.2k → 23.4k tasks/s.
+    pub fn until(target: impl Fn() -> usize + Send + Sync + 'static) -> Linger {
+        Linger {
+            target: Box::new(target),
+            gap: Duration::from_micros(250),
+            most: Duration::from_millis(1),
+        }
+    }
 }
 
 impl<T: Send + 'static, E: Send + Sync + 'static> Batcher<T, E> {

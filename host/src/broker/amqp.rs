@@ -46,9 +46,6 @@ struct Live {
 
 /// Most acks written in one go.
 const ACK_BATCH: usize = 1024;
-/// How long a batch of acks waits for each next one, and in all (see `open`).
-const ACK_LINGER_GAP: Duration = Duration::from_micros(250);
-const ACK_LINGER_MOST: Duration = Duration::from_millis(1);
 
 /// A delivery the worker holds, and the channel (by generation) it came on.
 struct Held {
@@ -166,11 +163,7 @@ impl AmqpBroker {
         let still_held = held.clone();
         // Acks wait while they are fewer than the deliveries still unacknowledged: half
         // the window is acked while the other half runs.
-        let linger = Linger {
-            target: Box::new(move || still_held.lock().unwrap_or_else(|e| e.into_inner()).len()),
-            gap: ACK_LINGER_GAP,
-            most: ACK_LINGER_MOST,
-        };
+        let linger = Linger::until(move || still_held.lock().unwrap_or_else(|e| e.into_inner()).len());
         let ack_batcher = Batcher::start_lingering(ACK_BATCH, Some(linger), move |batch: Vec<Held>| {
             let acks = flush_to.clone();
             async move { flush_acks(&acks, batch, Instant::now()).await }

@@ -45,14 +45,6 @@ pub use shared_rate_limit::SharedRateLimits;
 
 /// Most results written in one round trip.
 const RESULT_BATCH: usize = 256;
-/// A batch of results smaller than half the messages the worker holds waits up to this
-/// long for each next result (and [`RESULT_LINGER_MOST`] in all) before it is written:
-/// fewer, fuller writes, and on RabbitMQ fuller acks. A lone task's result is written at
-/// once. Measured on drains of 20,000 tasks with results on Redis (`-c 2`, medians of 3
-/// alternating runs): RabbitMQ 14.3k → 16.3k tasks/s, with CPU per task of the worker
-/// 57 → 48 µs, RabbitMQ 36 → 30 µs, Redis 12 → 7 µs; Redis broker 22.2k → 23.4k tasks/s.
-const RESULT_LINGER_GAP: Duration = Duration::from_micros(250);
-const RESULT_LINGER_MOST: Duration = Duration::from_millis(1);
 
 /// How long one receive call waits for messages before the loop looks around again.
 const RECEIVE_WAIT: Duration = Duration::from_millis(500);
@@ -220,16 +212,11 @@ impl Worker {
         let executors = ExecutorPool::start(self.runtime.clone(), concurrency).map_err(WorkerError::Executors)?;
         let clock = Arc::new(clock::LamportClock::default());
         let gate = admission::Gate::new(concurrency, prefetch);
-        let linger = Linger {
-            // Half the messages held: the other half runs while this one is stored and
-            // acked, and frees its reservations for the broker to refill meanwhile.
-            target: {
-                let held = gate.held_count();
-                Box::new(move || held().div_ceil(2))
-            },
-            gap: RESULT_LINGER_GAP,
-            most: RESULT_LINGER_MOST,
-        };
+        // Under load, a batch of results waits for half the messages held: the other half
+        // runs while this one is stored and acked, and frees its reservations for the
+        // broker to refill meanwhile. A lone task's result is written at once.
+        let held = gate.held_count();
+        let linger = Linger::until(move || held().div_ceil(2));
         let shared = Arc::new(Shared {
             config: self.config.clone(),
             broker: self.broker.clone(),
