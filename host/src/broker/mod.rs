@@ -13,6 +13,7 @@ pub mod control;
 pub mod redis;
 mod redis_control;
 mod redis_parking;
+mod redis_recording;
 pub mod sqlite;
 pub mod sqs;
 pub mod virtual_transport;

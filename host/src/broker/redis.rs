@@ -22,6 +22,7 @@ use redis::{AsyncCommands, Script};
 use serde_json::Value;
 
 use super::redis_parking::RedisParking;
+use super::redis_recording::Recording;
 use super::virtual_transport::{Store, StoreTag, Taken};
 use super::BrokerError;
 use crate::config::redact;
@@ -117,6 +118,8 @@ pub struct RedisStore {
     claim_and_push: Script,
     release_lock: Script,
     parking: RedisParking,
+    /// Unacked records of BRPOP'd messages still being written.
+    recording: Recording,
 }
 
 pub fn connection_error(url: &str, err: redis::RedisError) -> BrokerError {
@@ -181,6 +184,7 @@ impl RedisStore {
             claim_and_push: Script::new(CLAIM_AND_PUSH),
             release_lock: Script::new(RELEASE_LOCK),
             parking: RedisParking::new(&prefix),
+            recording: Recording::default(),
         })
     }
 
@@ -198,8 +202,9 @@ impl RedisStore {
         key.rsplit_once(SEP).map(|(queue, _)| queue).unwrap_or(key).to_owned()
     }
 
-    /// Record a taken message as unacked, under the tag its publisher gave it.
-    async fn record_unacked(&self, queue: &str, payload: &str) -> Result<StoreTag, BrokerError> {
+    /// Record a taken message as unacked, under the tag its publisher gave it. The write
+    /// goes on in the background (`redis_recording.rs`); acks and restores wait for it.
+    fn record_unacked(&self, queue: &str, payload: &str) -> StoreTag {
         let envelope: Option<Value> = serde_json::from_str(payload).ok();
         let properties = envelope.as_ref().and_then(|e| e.get("properties"));
         let Some(tag) = properties
@@ -208,7 +213,7 @@ impl RedisStore {
             .map(str::to_owned)
         else {
             // Not a kombu envelope: nothing to record; the virtual layer rejects it.
-            return Ok(untracked_tag());
+            return untracked_tag();
         };
         let info = properties.and_then(|p| p.get("delivery_info"));
         let field = |name: &str| info.and_then(|i| i.get(name)).and_then(Value::as_str);
@@ -216,14 +221,14 @@ impl RedisStore {
         let routing_key = field("routing_key").unwrap_or(queue);
         // `payload` is a JSON object already, so it embeds as the first element as it is.
         let entry = format!("[{payload}, {}, {}]", Value::from(exchange), Value::from(routing_key));
-        redis::pipe()
-            .atomic()
+        let mut pipe = redis::pipe();
+        pipe.atomic()
             .zadd(&self.unacked_index, &tag, unix_now())
-            .hset(&self.unacked, &tag, entry)
-            .exec_async(&mut self.commands.clone())
-            .await
-            .map_err(op)?;
-        Ok(tag)
+            .hset(&self.unacked, &tag, entry);
+        let mut conn = self.commands.clone();
+        self.recording
+            .start(tag.clone(), async move { pipe.exec_async(&mut conn).await.map_err(op) });
+        tag
     }
 
     /// Read an `unacked` entry: the queue to restore it to (kombu's lookup: the routing key
@@ -362,7 +367,7 @@ impl Store for RedisStore {
             return Ok(Vec::new());
         };
         let queue = self.queue_of(&key);
-        let tag = self.record_unacked(&queue, &payload).await?;
+        let tag = self.record_unacked(&queue, &payload);
         Ok(vec![Taken {
             queue,
             tag,
@@ -376,6 +381,7 @@ impl Store for RedisStore {
     }
 
     async fn delete_many(&self, tags: &[StoreTag]) -> Result<(), BrokerError> {
+        self.recording.settled(tags).await;
         redis::pipe()
             .atomic()
             .zrem(&self.unacked_index, tags)
@@ -386,6 +392,7 @@ impl Store for RedisStore {
     }
 
     async fn restore(&self, tag: &StoreTag) -> Result<(), BrokerError> {
+        self.recording.settled(std::slice::from_ref(tag)).await;
         let mut conn = self.commands.clone();
         let raw: Option<String> = conn.hget(&self.unacked, tag).await.map_err(op)?;
         let Some(raw) = raw else { return Ok(()) };
