@@ -98,9 +98,18 @@ class Worker:
                 self.process.kill()
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item, so fixtures can tell a failed test."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
 @pytest.fixture
-def make_worker(tmp_path):
-    """Start workers on demand; all are stopped at the end of the test."""
+def make_worker(request, tmp_path):
+    """Start workers on demand; all are stopped at the end of the test. When the test
+    failed, their logs are printed: CI keeps no temporary folders."""
     started = []
 
     def make(broker, backend, *extra, env=None):
@@ -111,6 +120,10 @@ def make_worker(tmp_path):
     yield make
     for worker in started:
         worker.stop()
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        for worker in started:
+            print(f"\n----- {worker.log_path.name} ({worker.broker}) -----\n{worker.log()[-20000:]}")
 
 
 def stored_results(client, ids, timeout=60):
