@@ -53,6 +53,23 @@ def test_a_killed_worker_loses_nothing(db, make_worker):
     assert redis.Redis(REDIS_HOST, REDIS_PORT, db=db).hlen("unacked") == 0
 
 
+def test_a_task_an_idle_worker_took_is_recorded_while_it_runs(db, make_worker):
+    """An idle worker takes a message by BRPOP and starts its task while the unacked
+    record is written; the record must land all the same, so a kill loses nothing."""
+    lease = ("--broker-transport-option", "visibility_timeout=3")
+    first = make_worker(url(db), url(db), *lease)
+    app = celery_app(url(db), url(db))
+    client = redis.Redis(REDIS_HOST, REDIS_PORT, db=db)
+    time.sleep(0.5)  # the worker waits in BRPOP
+    result = app.send_task("math.spin", (3000,))
+    first.wait_for_log(f"Task math.spin[{result.id}]")
+    assert eventually(lambda: client.hlen("unacked") == 1), first.log()
+    first.kill()
+    make_worker(url(db), url(db), *lease)
+    assert result.get(timeout=TIMEOUT) == 3000
+    assert eventually(lambda: client.hlen("unacked") == 0)
+
+
 def test_a_task_longer_than_the_visibility_timeout_runs_once(db, make_worker):
     lease = ("--broker-transport-option", "visibility_timeout=2")
     workers = [make_worker(url(db), url(db), *lease) for _ in range(2)]
