@@ -187,12 +187,12 @@ class Amqp:
         return waiting == 0
 
 
-def start_celeriac(broker, log):
+def start_celeriac(broker, log, binary=BIN):
     folder = Path(tempfile.mkdtemp(prefix="celeriac-bench-"))
     (folder / "plugins.d").mkdir()
     (folder / "plugins.d" / "math.wasm").write_bytes((PLUGINS / "math.wasm").read_bytes())
     process = subprocess.Popen(
-        [str(BIN), "--broker", broker.url, "--result-backend", broker.backend_url, "--loglevel", "warn",
+        [str(binary), "--broker", broker.url, "--result-backend", broker.backend_url, "--loglevel", "warn",
          "worker", "--plugins", str(folder / "plugins.d"), "-c", "2"],
         cwd=folder, stdout=subprocess.DEVNULL, stderr=log,
     )
