@@ -192,6 +192,16 @@ def test_malformed_messages_are_rejected_and_the_worker_goes_on(queue, db, make_
     assert worker.log().count("rejecting malformed message") == len(bad)
 
 
+def test_headers_of_nearly_a_frame_are_delivered(queue, db, make_worker):
+    # A message's headers travel in one frame of the size the worker negotiated: the
+    # worker asks for py-amqp's 131072 bytes, so what a Celery client can send arrives.
+    worker = make_worker(BROKER, redis_url(db), "-Q", queue)
+    app = celery_app(BROKER, redis_url(db))
+    headers = {"note": "x" * 100_000}
+    assert app.send_task("math.add", (2, 3), queue=queue, headers=headers).get(timeout=TIMEOUT) == 5
+    assert "AMQP connection lost" not in worker.log()
+
+
 def test_priorities_with_x_max_priority(queue, db, make_worker):
     # The client declares the queue with x-max-priority too (task_queue_max_priority), as
     # a Celery application using priorities on RabbitMQ does; both declarations must agree.

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
+use lapin::Connection;
 use serde_json::Map;
 use tokio::sync::{Notify, OnceCell};
 
@@ -62,7 +62,7 @@ impl RpcBackend {
     async fn replies(&self) -> Result<&Replies, BackendError> {
         self.replies
             .get_or_try_init(|| async {
-                let connection = Connection::connect(&self.url, ConnectionProperties::default())
+                let connection = crate::broker::amqp_connect::connect(&self.url)
                     .await
                     .map_err(|e| BackendError::Connection(format!("cannot connect to {}: {e}", redact(&self.url))))?;
                 let channel = connection.create_channel().await.map_err(op)?;

@@ -17,7 +17,7 @@ use lapin::options::{
     QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
 use serde_json::{json, Value};
 
 use super::chord::{ChordEntry, ChordJoin, ChordPart};
@@ -63,7 +63,7 @@ impl RpcChords {
     async fn channel(&self) -> Result<Channel, BackendError> {
         let mut connection = self.connection.lock().await;
         if !connection.as_ref().is_some_and(|c| c.status().connected()) {
-            let fresh = Connection::connect(&self.url, ConnectionProperties::default())
+            let fresh = crate::broker::amqp_connect::connect(&self.url)
                 .await
                 .map_err(|e| BackendError::Connection(format!("cannot connect to {}: {e}", redact(&self.url))))?;
             *connection = Some(fresh);

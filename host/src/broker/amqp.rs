@@ -27,11 +27,12 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::Acker;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 
 use tokio::sync::{mpsc, Mutex};
 
 use super::amqp_acks::{AckLedger, SINGLE_ACK_HOLD};
+use super::amqp_connect;
 use super::amqp_parking::DelayQueues;
 use super::{Broker, BrokerError, Delivery};
 use crate::batch::{Batcher, Linger};
@@ -202,9 +203,7 @@ impl AmqpBroker {
             }
             tracing::warn!(url = %redact(&self.url), "AMQP connection lost; reconnecting");
         }
-        let connection = Connection::connect(&self.url, ConnectionProperties::default())
-            .await
-            .map_err(op)?;
+        let connection = amqp_connect::connect(&self.url).await.map_err(op)?;
         let channel = connection.create_channel().await.map_err(op)?;
         channel
             .confirm_select(ConfirmSelectOptions::default())

@@ -7,6 +7,7 @@
 
 pub mod amqp;
 mod amqp_acks;
+pub mod amqp_connect;
 mod amqp_control;
 mod amqp_parking;
 pub mod control;
