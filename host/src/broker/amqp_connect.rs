@@ -4,9 +4,9 @@
 //! `frame_max`. Against RabbitMQ's default the handshake settles on the same size as when
 //! the client proposes none, but lapin sizes its read and write rings (32 frames each,
 //! 4 MiB at this size) from the URL: known up front, they are allocated untouched, and
-//! only the pages traffic reaches become resident. A worker's write ring carries little
-//! more than acks, so an idle worker holds about 4 MiB less than when lapin grows the rings
-//! (zero-filling them) after the handshake.
+//! only the pages traffic reaches become resident. With results stored elsewhere than
+//! `rpc://`, a worker's write ring carries little more than acks, so an idle worker holds
+//! about 4 MiB less than when lapin grows the rings (zero-filling them) after the handshake.
 
 use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties};
