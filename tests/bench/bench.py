@@ -187,13 +187,13 @@ class Amqp:
         return waiting == 0
 
 
-def start_celeriac(broker, log, binary=BIN):
+def start_celeriac(broker, log, binary=BIN, options=()):
     folder = Path(tempfile.mkdtemp(prefix="celeriac-bench-"))
     (folder / "plugins.d").mkdir()
     (folder / "plugins.d" / "math.wasm").write_bytes((PLUGINS / "math.wasm").read_bytes())
     process = subprocess.Popen(
         [str(binary), "--broker", broker.url, "--result-backend", broker.backend_url, "--loglevel", "warn",
-         "worker", "--plugins", str(folder / "plugins.d"), "-c", "2"],
+         "worker", "--plugins", str(folder / "plugins.d"), "-c", "2", *options],
         cwd=folder, stdout=subprocess.DEVNULL, stderr=log,
     )
     return process

@@ -1,0 +1,83 @@
+"""Drain rate and CPU per task of Celeriac binaries, alternating, to judge a change to the
+hot path on a noisy machine (where one `make bench` against another says little).
+
+    python drain_ab.py --broker rabbitmq --tasks 20000 --pairs 3 OLD_BINARY NEW_BINARY
+
+For each binary in turn: fill the queue with `math.add` tasks from the Python Celery client
+(results on Redis), start the worker (`-c 2`), time the drain, and print the rate, the CPU
+per task of the worker and of each server, and how busy each worker thread was. Extra
+worker options: `--worker-option=--prefetch-multiplier=64` (repeatable). Binaries default
+to $CELERIAC_BIN. Uses Redis database 14, flushed.
+"""
+
+import argparse
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+from celery import Celery
+
+import bench
+from bench import Amqp, Redis, cpu_seconds, server_pid, stop, wait_until
+
+BROKERS = {"redis": Redis, "rabbitmq": Amqp}
+
+
+def thread_busy(pid, seconds):
+    """Share of `seconds` each thread of `pid` spent on a CPU, by thread name."""
+    tick = os.sysconf("SC_CLK_TCK")
+    busy = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+        # Fields after the parenthesised name; utime and stime are the 12th and 13th.
+        fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        busy[name] = busy.get(name, 0) + (int(fields[11]) + int(fields[12])) / tick / seconds
+    return busy
+
+
+def drain(binary, broker, tasks, options):
+    broker.reset()
+    app = Celery("drain-ab", broker=broker.url, backend=broker.backend_url)
+    with app.producer_or_acquire() as producer:
+        for i in range(tasks):
+            app.send_task("math.add", (i, i), producer=producer)
+    app.close()
+    servers = {name: server_pid(command) for name, command in broker.servers.items()}
+    before = {name: cpu_seconds(pid) for name, pid in servers.items()}
+    with tempfile.TemporaryFile("w+") as log:
+        process = bench.start_celeriac(broker, log, binary=binary, options=options)
+        try:
+            seconds = wait_until(lambda: broker.drained(tasks), process, log, "celeriac")
+            worker_us = cpu_seconds(process.pid) * 1e6 / tasks
+            busy = thread_busy(process.pid, seconds)
+        finally:
+            stop(process)
+    servers_us = {name: (cpu_seconds(pid) - before[name]) * 1e6 / tasks for name, pid in servers.items()}
+    return tasks / seconds, worker_us, servers_us, busy
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--broker", choices=BROKERS, default="rabbitmq")
+    parser.add_argument("--tasks", type=int, default=20000)
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("binaries", nargs="*", type=Path, default=[bench.BIN])
+    parser.add_argument("--worker-option", action="append", default=[], help="passed to `celeriac worker`")
+    args = parser.parse_args()
+    assert (bench.PLUGINS / "math.wasm").exists(), f"no {bench.PLUGINS / 'math.wasm'}: run `make plugins`"
+    rates = {binary: [] for binary in args.binaries}
+    for _ in range(args.pairs):
+        for binary in args.binaries:
+            rate, worker_us, servers_us, busy = drain(binary, BROKERS[args.broker](), args.tasks, args.worker_option)
+            rates[binary].append(rate)
+            servers = ", ".join(f"{name} {us:.0f}" for name, us in servers_us.items())
+            threads = ", ".join(f"{name} {100 * share:.0f}%" for name, share in busy.items() if share >= 0.01)
+            print(f"{binary}: {rate:.0f} tasks/s; CPU per task: worker {worker_us:.0f} µs, {servers}; "
+                  f"threads busy: {threads}", flush=True)
+    for binary, figures in rates.items():
+        print(f"{binary}: median {statistics.median(figures):.0f} tasks/s of {[round(r) for r in figures]}")
+
+
+if __name__ == "__main__":
+    main()
