@@ -27,6 +27,7 @@ use super::virtual_transport::{Store, StoreTag, Taken};
 use super::BrokerError;
 use crate::config::redact;
 use crate::protocol::time::unix_now;
+use crate::protocol::DeliveryStamp;
 
 /// kombu's separator between a queue name and its priority step.
 pub const SEP: &str = "\x06\x16";
@@ -205,20 +206,13 @@ impl RedisStore {
     /// Record a taken message as unacked, under the tag its publisher gave it. The write
     /// goes on in the background (`redis_recording.rs`); acks and restores wait for it.
     fn record_unacked(&self, queue: &str, payload: &str) -> StoreTag {
-        let envelope: Option<Value> = serde_json::from_str(payload).ok();
-        let properties = envelope.as_ref().and_then(|e| e.get("properties"));
-        let Some(tag) = properties
-            .and_then(|p| p.get("delivery_tag"))
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-        else {
+        let Some(stamp) = DeliveryStamp::of_envelope_json(payload) else {
             // Not a kombu envelope: nothing to record; the virtual layer rejects it.
             return untracked_tag();
         };
-        let info = properties.and_then(|p| p.get("delivery_info"));
-        let field = |name: &str| info.and_then(|i| i.get(name)).and_then(Value::as_str);
-        let exchange = field("exchange").unwrap_or("");
-        let routing_key = field("routing_key").unwrap_or(queue);
+        let tag = stamp.tag;
+        let exchange = stamp.exchange.as_deref().unwrap_or("");
+        let routing_key = stamp.routing_key.as_deref().unwrap_or(queue);
         // `payload` is a JSON object already, so it embeds as the first element as it is.
         let entry = format!("[{payload}, {}, {}]", Value::from(exchange), Value::from(routing_key));
         let mut pipe = redis::pipe();
