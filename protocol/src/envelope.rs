@@ -53,7 +53,7 @@ struct Envelope<P> {
 
 /// The properties a decoded message keeps, each as whatever JSON came, so an odd type
 /// reads as absent rather than failing the message; the rest are skipped unbuilt (a map
-/// of them cost a sixth of a Redis drain's decoding).
+/// of them cost ~10k instructions a message on a Redis drain, measured with callgrind).
 #[derive(Default, Deserialize)]
 struct ReadProperties {
     #[serde(default)]
