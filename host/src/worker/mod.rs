@@ -313,10 +313,12 @@ impl Worker {
                     continue;
                 };
                 let shared = shared.clone();
-                tokio::spawn(async move {
+                // Boxed: the handler's state machine is ~10 KB, and tokio moves an unboxed
+                // future by value several times on spawn and when it finishes.
+                tokio::spawn(Box::pin(async move {
                     task::handle(&shared, delivery, admission.slot).await;
                     drop(admission.reservation);
-                });
+                }));
             }
         }
         self.status.ready.store(false, std::sync::atomic::Ordering::Relaxed);
