@@ -80,27 +80,66 @@ pub struct TaskRequest {
     pub extra_headers: Map<String, Value>,
 }
 
-const KNOWN_HEADERS: &[&str] = &[
-    "lang",
-    "task",
-    "id",
-    "shadow",
-    "eta",
-    "expires",
-    "group",
-    "group_index",
-    "retries",
-    "timelimit",
-    "root_id",
-    "parent_id",
-    "argsrepr",
-    "kwargsrepr",
-    "origin",
-    "ignore_result",
-    "replaced_task_nesting",
-    "stamped_headers",
-    "stamps",
-];
+/// The v2 headers this host reads, found in one pass over a message's headers (a lookup
+/// each would hash the name again); the ones it does not know are kept as they came, so a
+/// republished message carries them.
+#[derive(Default)]
+struct V2Headers<'a> {
+    id: Option<&'a Value>,
+    task: Option<&'a Value>,
+    eta: Option<&'a Value>,
+    expires: Option<&'a Value>,
+    group: Option<&'a Value>,
+    group_index: Option<&'a Value>,
+    retries: Option<&'a Value>,
+    timelimit: Option<&'a Value>,
+    root_id: Option<&'a Value>,
+    parent_id: Option<&'a Value>,
+    origin: Option<&'a Value>,
+    ignore_result: Option<&'a Value>,
+    unknown: Map<String, Value>,
+}
+
+impl<'a> V2Headers<'a> {
+    fn read(headers: &'a Map<String, Value>) -> V2Headers<'a> {
+        let mut found = V2Headers::default();
+        for (name, value) in headers {
+            let slot = match name.as_str() {
+                "id" => &mut found.id,
+                "task" => &mut found.task,
+                "eta" => &mut found.eta,
+                "expires" => &mut found.expires,
+                "group" => &mut found.group,
+                "group_index" => &mut found.group_index,
+                "retries" => &mut found.retries,
+                "timelimit" => &mut found.timelimit,
+                "root_id" => &mut found.root_id,
+                "parent_id" => &mut found.parent_id,
+                "origin" => &mut found.origin,
+                "ignore_result" => &mut found.ignore_result,
+                // Celery's own, rebuilt by `encode` rather than read.
+                "lang"
+                | "shadow"
+                | "argsrepr"
+                | "kwargsrepr"
+                | "replaced_task_nesting"
+                | "stamped_headers"
+                | "stamps" => continue,
+                _ => {
+                    found.unknown.insert(name.clone(), value.clone());
+                    continue;
+                }
+            };
+            *slot = Some(value);
+        }
+        found
+    }
+}
+
+/// A header's value if it is a string.
+fn text(value: Option<&Value>) -> Option<String> {
+    value.and_then(Value::as_str).map(str::to_owned)
+}
 
 impl TaskRequest {
     /// A new request for `name`, as `send_task(name, args, kwargs)` would build it.
@@ -211,7 +250,6 @@ pub fn python_json(value: &Value) -> String {
 }
 
 fn decode_v2(message: &Message, body: Value) -> Result<TaskRequest, ProtocolError> {
-    let h = &message.headers;
     let (args, kwargs, embed) = match body {
         Value::Array(parts) if parts.len() == 3 => {
             let mut parts = parts.into_iter();
@@ -234,13 +272,9 @@ fn decode_v2(message: &Message, body: Value) -> Result<TaskRequest, ProtocolErro
         }
         other => return Err(ProtocolError::Format(format!("body must be an array, got {other}"))),
     };
-    let id = header_str(h, "id").ok_or_else(|| ProtocolError::Format("missing `id` header".into()))?;
-    let name = header_str(h, "task").ok_or_else(|| ProtocolError::Format("`task` header is not a string".into()))?;
-    let extra_headers = h
-        .iter()
-        .filter(|(k, _)| !KNOWN_HEADERS.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let h = V2Headers::read(&message.headers);
+    let id = text(h.id).ok_or_else(|| ProtocolError::Format("missing `id` header".into()))?;
+    let name = text(h.task).ok_or_else(|| ProtocolError::Format("`task` header is not a string".into()))?;
     build(
         message,
         Fields {
@@ -249,17 +283,17 @@ fn decode_v2(message: &Message, body: Value) -> Result<TaskRequest, ProtocolErro
             args,
             kwargs,
             embed,
-            eta: h.get("eta"),
-            expires: h.get("expires"),
-            retries: h.get("retries"),
-            timelimit: h.get("timelimit"),
-            root_id: header_str(h, "root_id").unwrap_or(id),
-            parent_id: header_str(h, "parent_id"),
-            group: header_str(h, "group"),
-            group_index: h.get("group_index").and_then(Value::as_u64),
-            origin: header_str(h, "origin"),
-            ignore_result: h.get("ignore_result").and_then(Value::as_bool).unwrap_or(false),
-            extra_headers,
+            eta: h.eta,
+            expires: h.expires,
+            retries: h.retries,
+            timelimit: h.timelimit,
+            root_id: text(h.root_id).unwrap_or(id),
+            parent_id: text(h.parent_id),
+            group: text(h.group),
+            group_index: h.group_index.and_then(Value::as_u64),
+            origin: text(h.origin),
+            ignore_result: h.ignore_result.and_then(Value::as_bool).unwrap_or(false),
+            extra_headers: h.unknown,
         },
     )
 }
@@ -373,10 +407,6 @@ fn build(message: &Message, f: Fields<'_>) -> Result<TaskRequest, ProtocolError>
         delivery_info: message.properties.delivery_info.clone(),
         extra_headers: f.extra_headers,
     })
-}
-
-fn header_str(headers: &Map<String, Value>, key: &str) -> Option<String> {
-    headers.get(key).and_then(Value::as_str).map(str::to_owned)
 }
 
 fn datetime(value: Option<&Value>, what: &str) -> Result<Option<DateTime<Utc>>, ProtocolError> {
