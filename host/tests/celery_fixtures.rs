@@ -3,7 +3,7 @@
 
 use celeriac::backend::sql::{pickle, unpickle_or_json};
 use celeriac::protocol::task::python_json;
-use celeriac::protocol::{Message, TaskRequest};
+use celeriac::protocol::{Message, ProtocolError, TaskRequest};
 use serde_json::{json, Value};
 
 fn fixture(name: &str) -> Value {
@@ -130,6 +130,21 @@ fn reads_the_pickles_celery_writes_and_writes_ones_it_reads_back() {
             unpickle_or_json(&pickle(&value)).unwrap(),
             case["value"],
             "{name} round trip"
+        );
+    }
+}
+
+#[test]
+fn compressed_messages_are_refused_by_name() {
+    for name in ["v2_add", "v1_add"] {
+        let (_, mut message, _) = decode(name);
+        message
+            .headers
+            .insert("compression".into(), json!("application/x-gzip"));
+        assert_eq!(
+            TaskRequest::decode(&message),
+            Err(ProtocolError::Compression("application/x-gzip".into())),
+            "{name}"
         );
     }
 }

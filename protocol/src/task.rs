@@ -80,11 +80,12 @@ pub struct TaskRequest {
     pub extra_headers: Map<String, Value>,
 }
 
-/// The v2 headers this host reads, found in one pass over a message's headers (a lookup
+/// The headers this host reads, found in one pass over a message's headers (a lookup
 /// each would hash the name again); the ones it does not know are kept as they came, so a
-/// republished message carries them.
+/// republished message carries them. A `task` header makes the message protocol v2.
 #[derive(Default)]
 struct V2Headers<'a> {
+    compression: Option<&'a Value>,
     id: Option<&'a Value>,
     task: Option<&'a Value>,
     eta: Option<&'a Value>,
@@ -105,6 +106,7 @@ impl<'a> V2Headers<'a> {
         let mut found = V2Headers::default();
         for (name, value) in headers {
             let slot = match name.as_str() {
+                "compression" => &mut found.compression,
                 "id" => &mut found.id,
                 "task" => &mut found.task,
                 "eta" => &mut found.eta,
@@ -171,15 +173,16 @@ impl TaskRequest {
 
     /// Decode a message; v2 if it has a `task` header, else a v1 body.
     pub fn decode(message: &Message) -> Result<TaskRequest, ProtocolError> {
-        if let Some(compression) = message.headers.get("compression").and_then(Value::as_str) {
+        let headers = V2Headers::read(&message.headers);
+        if let Some(compression) = headers.compression.and_then(Value::as_str) {
             return Err(ProtocolError::Compression(compression.to_owned()));
         }
         if message.content_type != "application/json" {
             return Err(ProtocolError::ContentType(message.content_type.clone()));
         }
         let body: Value = serde_json::from_slice(&message.body).map_err(|e| ProtocolError::Body(e.to_string()))?;
-        if message.headers.contains_key("task") {
-            decode_v2(message, body)
+        if headers.task.is_some() {
+            decode_v2(message, headers, body)
         } else {
             decode_v1(message, body)
         }
@@ -249,7 +252,7 @@ pub fn python_json(value: &Value) -> String {
     out
 }
 
-fn decode_v2(message: &Message, body: Value) -> Result<TaskRequest, ProtocolError> {
+fn decode_v2(message: &Message, h: V2Headers<'_>, body: Value) -> Result<TaskRequest, ProtocolError> {
     let (args, kwargs, embed) = match body {
         Value::Array(parts) if parts.len() == 3 => {
             let mut parts = parts.into_iter();
@@ -272,7 +275,6 @@ fn decode_v2(message: &Message, body: Value) -> Result<TaskRequest, ProtocolErro
         }
         other => return Err(ProtocolError::Format(format!("body must be an array, got {other}"))),
     };
-    let h = V2Headers::read(&message.headers);
     let id = text(h.id).ok_or_else(|| ProtocolError::Format("missing `id` header".into()))?;
     let name = text(h.task).ok_or_else(|| ProtocolError::Format("`task` header is not a string".into()))?;
     build(
