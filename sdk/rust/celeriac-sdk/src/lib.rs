@@ -62,22 +62,45 @@ pub trait Task {
     fn invoke(args_json: &str, kwargs_json: &str) -> Result<String, TaskError>;
 }
 
-/// One exported task, as `export!` collects them.
+/// One exported task, as `export!` collects them. All of it is static: a call finds its
+/// task without allocating a name per entry.
 #[doc(hidden)]
 pub struct TaskEntry {
-    pub name: String,
+    plugin: &'static str,
+    function: &'static str,
+    /// A full name given with `#[task(name = "...")]`.
+    name: Option<&'static str>,
     pub doc: &'static str,
     pub invoke: fn(&str, &str) -> Result<String, TaskError>,
 }
 
 impl TaskEntry {
-    pub fn of<T: Task>(plugin: &str) -> TaskEntry {
+    pub const fn of<T: Task>(plugin: &'static str) -> TaskEntry {
         TaskEntry {
-            name: T::NAME
-                .map(str::to_owned)
-                .unwrap_or_else(|| format!("{plugin}.{}", T::FUNCTION)),
+            plugin,
+            function: T::FUNCTION,
+            name: T::NAME,
             doc: T::DOC,
             invoke: T::invoke,
+        }
+    }
+
+    /// The full task name: the one given, else `<plugin>.<function>`.
+    pub fn name(&self) -> String {
+        match self.name {
+            Some(name) => name.to_owned(),
+            None => format!("{}.{}", self.plugin, self.function),
+        }
+    }
+
+    /// Whether this entry serves the task called `name`.
+    pub fn serves(&self, name: &str) -> bool {
+        match self.name {
+            Some(own) => own == name,
+            None => name
+                .strip_prefix(self.plugin)
+                .and_then(|rest| rest.strip_prefix('.'))
+                .is_some_and(|function| function == self.function),
         }
     }
 }
@@ -87,7 +110,7 @@ pub fn __describe(entries: &[TaskEntry]) -> Vec<bindings::celeriac::task::types:
     entries
         .iter()
         .map(|e| bindings::celeriac::task::types::TaskInfo {
-            name: e.name.clone(),
+            name: e.name(),
             doc: e.doc.to_owned(),
         })
         .collect()
@@ -100,7 +123,7 @@ pub fn __dispatch(
     args_json: String,
     kwargs_json: String,
 ) -> Result<String, bindings::celeriac::task::types::TaskError> {
-    let Some(entry) = entries.iter().find(|e| e.name == ctx.name) else {
+    let Some(entry) = entries.iter().find(|e| e.serves(&ctx.name)) else {
         return Err(TaskError::new("NotRegistered", ctx.name.clone()).into_wit());
     };
     host::set_context(ctx);
@@ -118,14 +141,12 @@ macro_rules! export {
         struct __CeleriacPlugin;
 
         impl __CeleriacPlugin {
-            fn entries() -> ::std::vec::Vec<$crate::TaskEntry> {
-                ::std::vec![$($crate::TaskEntry::of::<$task>($plugin)),*]
-            }
+            const ENTRIES: &'static [$crate::TaskEntry] = &[$($crate::TaskEntry::of::<$task>($plugin)),*];
         }
 
         impl $crate::bindings::exports::celeriac::task::handler::Guest for __CeleriacPlugin {
             fn tasks() -> ::std::vec::Vec<$crate::bindings::celeriac::task::types::TaskInfo> {
-                $crate::__describe(&Self::entries())
+                $crate::__describe(Self::ENTRIES)
             }
 
             fn run(
@@ -136,7 +157,7 @@ macro_rules! export {
                 ::std::string::String,
                 $crate::bindings::celeriac::task::types::TaskError,
             > {
-                $crate::__dispatch(&Self::entries(), ctx, args_json, kwargs_json)
+                $crate::__dispatch(Self::ENTRIES, ctx, args_json, kwargs_json)
             }
         }
 
@@ -146,7 +167,7 @@ macro_rules! export {
         $crate::bindings::__export_plugin!(__CeleriacPlugin with_types_in $crate::bindings);
         // Natively the tasks are still in use (for tests), not dead code.
         #[cfg(not(target_arch = "wasm32"))]
-        const _: fn() -> ::std::vec::Vec<$crate::TaskEntry> = __CeleriacPlugin::entries;
+        const _: &[$crate::TaskEntry] = __CeleriacPlugin::ENTRIES;
     };
     ($($task:path),* $(,)?) => {
         $crate::export!(plugin = env!("CARGO_PKG_NAME"); $($task),*);
