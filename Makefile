@@ -83,6 +83,7 @@ services:
 test-rust:
 	CELERIAC_BIN=$(BIN) CELERIAC_PLUGIN_DIR=$(PLUGIN_OUT) \
 		$(CARGO) test --release -j $(JOBS) --workspace -- --test-threads 4
+	$(CARGO) test --release -j $(JOBS) --manifest-path sdk/rust/celeriac-sdk/Cargo.toml
 
 test-interop:
 	CELERIAC_BIN=$(BIN) CELERIAC_PLUGIN_DIR=$(PLUGIN_OUT) \

@@ -173,3 +173,59 @@ macro_rules! export {
         $crate::export!(plugin = env!("CARGO_PKG_NAME"); $($task),*);
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Add;
+    impl Task for Add {
+        const FUNCTION: &'static str = "add";
+        const NAME: Option<&'static str> = None;
+        const DOC: &'static str = "Add two integers.";
+        fn invoke(_: &str, _: &str) -> Result<String, TaskError> {
+            Ok("0".into())
+        }
+    }
+
+    struct Shout;
+    impl Task for Shout {
+        const FUNCTION: &'static str = "loud";
+        const NAME: Option<&'static str> = Some("greet.shout");
+        const DOC: &'static str = "";
+        fn invoke(_: &str, _: &str) -> Result<String, TaskError> {
+            Ok("\"\"".into())
+        }
+    }
+
+    #[test]
+    fn a_task_is_named_after_its_plugin_and_function_unless_named() {
+        assert_eq!(TaskEntry::of::<Add>("math").name(), "math.add");
+        assert_eq!(TaskEntry::of::<Shout>("greet").name(), "greet.shout");
+    }
+
+    #[test]
+    fn an_entry_serves_exactly_its_own_name() {
+        let add = TaskEntry::of::<Add>("math");
+        assert!(add.serves("math.add"));
+        for other in [
+            "mathx.add",
+            "math.addx",
+            "math.ad",
+            "math",
+            "math.",
+            "add",
+            ".add",
+            "",
+            "math.add ",
+        ] {
+            assert!(!add.serves(other), "math.add served {other:?}");
+        }
+        let shout = TaskEntry::of::<Shout>("greet");
+        assert!(shout.serves("greet.shout"));
+        assert!(
+            !shout.serves("greet.loud"),
+            "a named task is not served by its function name"
+        );
+    }
+}
