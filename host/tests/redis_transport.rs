@@ -155,3 +155,52 @@ async fn fanout_is_a_publish_on_kombus_channel() {
     assert_eq!(envelope["headers"]["task"], "event");
     t.cleanup().await;
 }
+
+/// The pop script records each message under the `delivery_tag` of its envelope's own
+/// `properties`, wherever they sit among the envelope's keys and whatever decoy a header
+/// holds (a nested `properties` object, or the words in a string).
+#[tokio::test]
+async fn messages_are_recorded_under_their_own_tag_whatever_the_key_order() {
+    let mut t = Prefixed::new().await;
+    let store = RedisStore::open(URL, &t.options).await.unwrap();
+    let properties = |tag: &str| {
+        format!(r#"{{"delivery_tag": "{tag}", "delivery_info": {{"exchange": "", "routing_key": "celery"}}}}"#)
+    };
+    let decoy = r#"{"stamps": {"properties": {"delivery_tag": "decoy"}}, "argsrepr": "\"properties\": {\"delivery_tag\": \"decoy\"}"}"#;
+    let layouts = [
+        // kombu's order, properties last.
+        (
+            "last",
+            format!(
+                r#"{{"body": "W10=", "headers": {decoy}, "properties": {}}}"#,
+                properties("last")
+            ),
+        ),
+        // properties first, the decoy after them.
+        (
+            "first",
+            format!(
+                r#"{{"properties": {}, "body": "W10=", "headers": {decoy}}}"#,
+                properties("first")
+            ),
+        ),
+        // compact, with trailing whitespace.
+        (
+            "compact",
+            format!(
+                "{{\"headers\":{decoy},\"properties\":{}}}\n",
+                properties("compact").replace(' ', "")
+            ),
+        ),
+    ];
+    for (_, payload) in &layouts {
+        store.put("celery", payload, 0).await.unwrap();
+    }
+    let taken = store.take(&["celery".to_owned()], 10, Duration::ZERO).await.unwrap();
+    let tags: Vec<&str> = taken.iter().map(|taken| taken.tag.as_str()).collect();
+    assert_eq!(tags, ["last", "first", "compact"]);
+    let mut recorded: Vec<String> = t.conn.hkeys(format!("{}unacked", t.prefix)).await.unwrap();
+    recorded.sort();
+    assert_eq!(recorded, ["compact", "first", "last"]);
+    t.cleanup().await;
+}
