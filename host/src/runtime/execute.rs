@@ -1,5 +1,6 @@
-//! Running one task: a fresh instance in a fresh store (or a kept one, where the plugin
-//! asks for reuse), the call, and the classification
+//! Running one task: a fresh instance in a fresh store (made ahead of the task where the
+//! thread could, `standby.rs`; or a kept one, where the plugin asks for reuse), the call,
+//! and the classification
 //! of whatever happened into an [`Outcome`]. Nothing a guest does can panic the host:
 //! traps, time limits, memory exhaustion and exits all become task failures.
 
@@ -16,6 +17,7 @@ use super::bindings::{TaskContext, TaskError};
 use super::limits::{Deadline, MemoryLimiter};
 use super::plugin::PluginVersion;
 use super::reuse;
+use super::standby;
 use super::state::{ProgressSink, TaskState};
 use super::{Runtime, RuntimeError};
 use crate::protocol::time::seconds;
@@ -169,6 +171,33 @@ impl Runtime {
         (outcome, usage)
     }
 
+    /// Instantiate `plugin` for this thread's next task of it, unless the plugin keeps its
+    /// instances or one is ready already. Called by an executor thread after a task, once
+    /// its outcome is on its way. An instance that cannot be made now is left to the task.
+    pub fn prepare_standby(&self, plugin: &Arc<PluginVersion>) {
+        if plugin.manifest.reuse_instance || standby::holds(plugin) {
+            return;
+        }
+        // The manifest's hard limit bounds a guest that would never finish instantiating;
+        // each task gets its own deadline when it takes the instance.
+        let (hard, soft) = plugin.manifest.time_limits();
+        let deadline = Deadline::new(hard, soft, Arc::new(AtomicBool::new(false)));
+        let Ok((mut store, stdout, stderr)) = self.new_store(plugin, "", "", deadline, None) else {
+            return;
+        };
+        if let Ok(instance) = plugin.pre.instantiate(&mut store) {
+            standby::put(
+                plugin.clone(),
+                reuse::Kept {
+                    store,
+                    instance,
+                    stdout,
+                    stderr,
+                },
+            );
+        }
+    }
+
     /// The call itself; returns the outcome and the instance's peak memory.
     fn run_guest(&self, plugin: &PluginVersion, invocation: Invocation) -> (Outcome, usize) {
         let (manifest_hard, manifest_soft) = plugin.manifest.time_limits();
@@ -177,7 +206,13 @@ impl Runtime {
         let deadline = Deadline::new(hard, soft, invocation.cancel.clone());
         let ctx = &invocation.context;
         let reuse = plugin.manifest.reuse_instance;
-        let kept = if reuse { reuse::take(&plugin.digest) } else { None };
+        // Taken whatever the plugin asks, so a ready instance never outlives its use.
+        let ready = standby::take(plugin);
+        let kept = if reuse {
+            reuse::take(&plugin.digest).or(ready)
+        } else {
+            ready
+        };
         let (mut store, stdout, stderr, instance) = match kept {
             Some(kept) => {
                 let mut store = kept.store;

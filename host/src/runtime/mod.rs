@@ -14,6 +14,7 @@ pub mod manifest;
 pub mod plugin;
 pub mod registry;
 mod reuse;
+mod standby;
 pub mod state;
 pub mod watcher;
 

@@ -82,6 +82,14 @@ impl ExecutorPool {
                         let ran = Ran { outcome, usage };
                         // The waiting side may have gone away (hard shutdown); nothing to do.
                         let _ = job.reply.send(ran);
+                        // With nothing queued, the next task of this plugin then finds its
+                        // instance ready; a queued job goes first.
+                        if queue.is_empty() {
+                            let prepare = || runtime.prepare_standby(&job.plugin);
+                            if std::panic::catch_unwind(AssertUnwindSafe(prepare)).is_err() {
+                                tracing::error!("host panicked while preparing an instance; this is a Celeriac bug");
+                            }
+                        }
                     }
                 })?;
         }
