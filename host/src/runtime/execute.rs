@@ -174,7 +174,7 @@ impl Runtime {
     /// Instantiate `plugin` for this thread's next task of it, unless the plugin keeps its
     /// instances or one is ready already. Called by an executor thread after a task, once
     /// its outcome is on its way. An instance that cannot be made now is left to the task.
-    pub fn prepare_standby(&self, plugin: &Arc<PluginVersion>) {
+    pub fn prepare_standby(&self, plugin: &PluginVersion) {
         if plugin.manifest.reuse_instance || standby::holds(plugin) {
             return;
         }
@@ -187,7 +187,7 @@ impl Runtime {
         };
         if let Ok(instance) = plugin.pre.instantiate(&mut store) {
             standby::put(
-                plugin.clone(),
+                plugin.load_id,
                 reuse::Kept {
                     store,
                     instance,
@@ -209,7 +209,7 @@ impl Runtime {
         // Taken whatever the plugin asks, so a ready instance never outlives its use.
         let ready = standby::take(plugin);
         let kept = if reuse {
-            reuse::take(&plugin.digest).or(ready)
+            reuse::take(plugin.load_id).or(ready)
         } else {
             ready
         };
@@ -282,7 +282,7 @@ impl Runtime {
         // Kept only after a call that returned: a trap may leave the instance broken.
         if let (true, true, Some(instance)) = (reuse, returned, instance) {
             reuse::keep(
-                &plugin.digest,
+                plugin.load_id,
                 reuse::Kept {
                     store,
                     instance,

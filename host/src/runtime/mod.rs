@@ -16,6 +16,8 @@ pub mod registry;
 mod reuse;
 mod standby;
 pub mod state;
+#[cfg(test)]
+mod testing;
 pub mod watcher;
 
 use std::collections::BTreeMap;

@@ -2,7 +2,7 @@
 //! WIT, resolve its imports once (`InstancePre`), and ask it which tasks it serves.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +25,9 @@ pub struct PluginVersion {
     pub path: PathBuf,
     /// sha256 of the `.wasm` bytes.
     pub digest: String,
+    /// Unique to this load. Instances kept or made ahead serve only the load they were
+    /// made for: a changed manifest (grants, limits) loads the same bytes anew.
+    pub load_id: u64,
     /// The `celeriac:task/handler@X.Y.Z` version the component exports.
     pub wit_version: String,
     pub tasks: Vec<TaskInfo>,
@@ -42,6 +45,9 @@ impl std::fmt::Debug for PluginVersion {
             .finish()
     }
 }
+
+/// Source of [`PluginVersion::load_id`].
+static NEXT_LOAD_ID: AtomicU64 = AtomicU64::new(1);
 
 /// The plugin name for a file: its stem.
 pub fn plugin_name(path: &Path) -> String {
@@ -74,6 +80,7 @@ pub fn load(runtime: &Runtime, path: &Path) -> Result<PluginVersion, RuntimeErro
         name: plugin_name(path),
         path: path.to_owned(),
         digest,
+        load_id: NEXT_LOAD_ID.fetch_add(1, Ordering::Relaxed),
         wit_version,
         tasks: Vec::new(),
         manifest,

@@ -7,23 +7,22 @@
 //! never holds a pooled slot that task needs.
 
 use std::cell::RefCell;
-use std::sync::Arc;
 
 use super::plugin::PluginVersion;
 use super::reuse::Kept;
 
 thread_local! {
-    /// This executor thread's ready instance and the plugin version it was made for.
-    static READY: RefCell<Option<(Arc<PluginVersion>, Kept)>> = const { RefCell::new(None) };
+    /// This executor thread's ready instance and the load it was made for
+    /// ([`PluginVersion::load_id`]).
+    static READY: RefCell<Option<(u64, Kept)>> = const { RefCell::new(None) };
 }
 
 /// The ready instance of this very plugin version, if this thread has one; one made for
-/// another is dropped. Versions are told apart as loaded, not by their Wasm's digest: a
-/// changed manifest (grants, limits) makes a new version of the same bytes.
+/// another is dropped.
 pub fn take(plugin: &PluginVersion) -> Option<Kept> {
     READY.with(|ready| {
         let (made_for, kept) = ready.borrow_mut().take()?;
-        std::ptr::eq(made_for.as_ref(), plugin).then_some(kept)
+        (made_for == plugin.load_id).then_some(kept)
     })
 }
 
@@ -33,63 +32,31 @@ pub fn holds(plugin: &PluginVersion) -> bool {
         ready
             .borrow()
             .as_ref()
-            .is_some_and(|(made_for, _)| std::ptr::eq(made_for.as_ref(), plugin))
+            .is_some_and(|(made_for, _)| *made_for == plugin.load_id)
     })
 }
 
 /// Hold `kept` for this thread's next task of the same plugin version.
-pub fn put(plugin: Arc<PluginVersion>, kept: Kept) {
-    READY.with(|ready| *ready.borrow_mut() = Some((plugin, kept)));
+pub fn put(load_id: u64, kept: Kept) {
+    READY.with(|ready| *ready.borrow_mut() = Some((load_id, kept)));
 }
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
-
-    use serde_json::{json, Map};
+    use serde_json::json;
 
     use super::*;
-    use crate::protocol::TaskRequest;
-    use crate::runtime::execute::{Invocation, Outcome};
+    use crate::runtime::execute::Outcome;
+    use crate::runtime::testing::{load_math, run, TestFolder};
     use crate::runtime::Runtime;
-
-    /// `math.wasm` as `make plugins` builds it.
-    fn math_wasm() -> PathBuf {
-        let dir = std::env::var_os("CELERIAC_PLUGIN_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                std::env::var_os("CARGO_TARGET_DIR")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
-                    .join("plugins")
-            });
-        dir.join("math.wasm")
-    }
-
-    /// `math.wasm` loaded from `dir`, with `manifest` as its `math.toml` if given.
-    fn load(runtime: &Runtime, dir: &Path, manifest: Option<&str>) -> Arc<PluginVersion> {
-        std::fs::create_dir_all(dir).expect("test folder");
-        let path = dir.join("math.wasm");
-        std::fs::copy(math_wasm(), &path)
-            .unwrap_or_else(|e| panic!("cannot copy {} (run `make plugins`): {e}", math_wasm().display()));
-        if let Some(manifest) = manifest {
-            std::fs::write(dir.join("math.toml"), manifest).expect("manifest");
-        }
-        Arc::new(runtime.check_file(&path).expect("math.wasm loads"))
-    }
-
-    fn run(runtime: &Runtime, plugin: &PluginVersion, task: &str, args: Vec<serde_json::Value>) -> Outcome {
-        let request = TaskRequest::new(task, args, Map::new());
-        runtime.execute(plugin, Invocation::for_task(&request, "celeriac@test", "celery"))
-    }
 
     #[test]
     fn a_ready_instance_is_fresh_and_only_for_the_version_it_was_made_for() {
         let runtime = Runtime::new(1, None).expect("wasmtime engine");
-        let folder = std::env::temp_dir().join(format!("celeriac-standby-{}", std::process::id()));
+        let folder = TestFolder::new("standby");
         // The same bytes twice, the second capped at 8 MB: as after a manifest change.
-        let open = load(&runtime, &folder.join("open"), None);
-        let capped = load(&runtime, &folder.join("capped"), Some("[limits]\nmemory_mb = 8\n"));
+        let open = load_math(&runtime, &folder.join("open"), None);
+        let capped = load_math(&runtime, &folder.join("capped"), Some("[limits]\nmemory_mb = 8\n"));
         assert_eq!(open.digest, capped.digest);
 
         runtime.prepare_standby(&open);
@@ -112,6 +79,5 @@ mod tests {
             );
             assert!(!holds(&open), "the ready instance was not taken");
         }
-        let _ = std::fs::remove_dir_all(&folder);
     }
 }
