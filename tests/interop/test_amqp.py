@@ -202,6 +202,33 @@ def test_headers_of_nearly_a_frame_are_delivered(queue, db, make_worker):
     assert "AMQP connection lost" not in worker.log()
 
 
+def ready_count(queue):
+    """Messages in `queue` that no consumer holds."""
+    with amqp.Connection("127.0.0.1:5672", userid="guest", password="guest") as conn:
+        return conn.channel().queue_declare(queue, passive=True).message_count
+
+
+def test_messages_behind_a_long_task_go_back_for_an_idle_worker(queue, db, make_worker):
+    # RabbitMQ pushes the short tasks to the busy worker with the long one. Once the long
+    # task is a second old, the worker stops taking messages and hands back those it
+    # holds, so a second worker runs them while the long task goes on.
+    busy = make_worker(BROKER, redis_url(db), "-Q", queue, "--concurrency", "1")
+    app = celery_app(BROKER, redis_url(db))
+    long = app.send_task("math.spin", (8000,), queue=queue)
+    busy.wait_for_log(f"Task math.spin[{long.id}] received")
+    shorts = [app.send_task("math.spin", (10,), queue=queue) for _ in range(10)]
+    assert eventually(lambda: ready_count(queue) == 0), "the busy worker should have been sent them all"
+    assert eventually(lambda: ready_count(queue) == 10, timeout=5), "waiting messages were not handed back"
+    idle = make_worker(BROKER, redis_url(db), "-Q", queue, "--concurrency", "1")
+    assert [r.get(timeout=TIMEOUT) for r in shorts] == [10] * 10
+    assert not long.ready(), "the short tasks waited for the long one"
+    assert set(received_ids(idle)) == {r.id for r in shorts}
+    assert long.get(timeout=TIMEOUT) == 8000
+    # With the long task done, the busy worker takes messages ahead again.
+    assert [app.send_task("math.add", (i, i), queue=queue).get(timeout=TIMEOUT) for i in range(20)] == [
+        2 * i for i in range(20)]
+
+
 def test_priorities_with_x_max_priority(queue, db, make_worker):
     # The client declares the queue with x-max-priority too (task_queue_max_priority), as
     # a Celery application using priorities on RabbitMQ does; both declarations must agree.

@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, Mutex};
 use super::amqp_acks::{AckLedger, SINGLE_ACK_HOLD};
 use super::amqp_connect;
 use super::amqp_parking::DelayQueues;
-use super::{Broker, BrokerError, Delivery};
+use super::{Broker, BrokerError, Delivery, Window};
 use crate::batch::{Batcher, Linger};
 use crate::config::redact;
 use crate::protocol::amqp_table::{json_to_table, table_to_json};
@@ -63,6 +63,9 @@ struct AckChannel {
     ledger: AckLedger,
     /// A flush of held-back acks is scheduled.
     timer_armed: bool,
+    /// The window is [`Window::Fair`]: acks are not held back, each one lets the next
+    /// message come.
+    prompt: bool,
 }
 
 type Acks = Arc<SyncMutex<AckChannel>>;
@@ -84,6 +87,8 @@ async fn flush_acks(acks: &Acks, batch: Vec<Held>, now: Instant) -> Result<(), B
             .iter()
             .filter(|held| held.generation == generation)
             .map(|held| held.channel_tag);
+        // Planning past every hold sends all that is finished.
+        let now = if current.prompt { now + SINGLE_ACK_HOLD } else { now };
         let plan = current.ledger.plan(tags.collect::<Vec<_>>(), now);
         if let Some(at) = plan.again_at.filter(|_| !current.timer_armed) {
             current.timer_armed = true;
@@ -136,7 +141,7 @@ pub struct AmqpBroker {
     url: String,
     queue_arguments: FieldTable,
     live: Mutex<Option<Live>>,
-    /// What to consume after a reconnect: queues and prefetch.
+    /// What to consume after a reconnect: queues and prefetch (0: none for now).
     consuming: SyncMutex<Option<(Vec<String>, u16)>>,
     /// Deliveries from every consumer, with the generation of their channel.
     inbox: Mutex<mpsc::UnboundedReceiver<(u64, lapin::message::Delivery)>>,
@@ -218,18 +223,16 @@ impl AmqpBroker {
                 ledger: AckLedger::default(),
                 // A flush already scheduled still comes, and finds the new ledger.
                 timer_armed: acks.timer_armed,
+                prompt: acks.prompt,
             };
             acks.generation
         };
         let consuming = self.consuming.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some((queues, prefetch)) = consuming {
-            channel
-                .basic_qos(prefetch, BasicQosOptions::default())
-                .await
-                .map_err(op)?;
             for queue in &queues {
-                self.start_consumer(&channel, queue, generation).await?;
+                self.declare_on(&channel, queue).await?;
             }
+            self.consume_on(&channel, &queues, prefetch, generation).await?;
         }
         *live = Some(Live {
             connection,
@@ -247,10 +250,30 @@ impl AmqpBroker {
         live.connection.create_channel().await.map_err(op)
     }
 
-    /// Declare `queue` and forward its deliveries to the inbox, tagged with the channel's
-    /// generation.
+    /// Consume `queues` with `prefetch` unacked messages each (RabbitMQ applies
+    /// `basic.qos` to consumers started after it); none while `prefetch` is 0.
+    async fn consume_on(
+        &self,
+        channel: &Channel,
+        queues: &[String],
+        prefetch: u16,
+        generation: u64,
+    ) -> Result<(), BrokerError> {
+        if prefetch == 0 {
+            return Ok(());
+        }
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(op)?;
+        for queue in queues {
+            self.start_consumer(channel, queue, generation).await?;
+        }
+        Ok(())
+    }
+
+    /// Forward the deliveries of `queue` to the inbox, tagged with the channel's generation.
     async fn start_consumer(&self, channel: &Channel, queue: &str, generation: u64) -> Result<(), BrokerError> {
-        self.declare_on(channel, queue).await?;
         let consumer = channel
             .basic_consume(
                 queue.into(),
@@ -349,6 +372,27 @@ impl AmqpBroker {
         }
     }
 
+    /// Return to the queue every delivery the worker has not taken yet, for other
+    /// workers to take.
+    async fn hand_back_waiting(&self) {
+        let mut inbox = self.inbox.lock().await;
+        let mut returned = 0;
+        while let Ok((generation, delivery)) = inbox.try_recv() {
+            if generation != lock(&self.acks).generation {
+                continue; // its channel died, and RabbitMQ took it back then
+            }
+            if let Err(err) = delivery.acker.reject(BasicRejectOptions { requeue: true }).await {
+                tracing::warn!(error = %err, "cannot hand back a waiting message; it returns when the channel closes");
+                continue;
+            }
+            lock(&self.acks).ledger.rejected(delivery.delivery_tag);
+            returned += 1;
+        }
+        if returned > 0 {
+            tracing::debug!(returned, "long tasks hold the executors: waiting messages handed back");
+        }
+    }
+
     pub(super) async fn publish_to(
         &self,
         exchange: &str,
@@ -399,11 +443,58 @@ impl Broker for AmqpBroker {
 
     async fn add_queue(&self, queue: &str) -> Result<(), BrokerError> {
         let channel = self.channel().await?;
-        if let Some((queues, _)) = self.consuming.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-            queues.push(queue.to_owned());
+        let prefetch = match self.consuming.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            Some((queues, prefetch)) => {
+                queues.push(queue.to_owned());
+                *prefetch
+            }
+            None => 0,
+        };
+        self.declare_on(&channel, queue).await?;
+        let generation = lock(&self.acks).generation;
+        self.consume_on(&channel, &[queue.to_owned()], prefetch, generation)
+            .await
+    }
+
+    fn sends_ahead(&self) -> bool {
+        true
+    }
+
+    /// RabbitMQ keeps a consumer's prefetch for its life, so a new window means new
+    /// consumers: cancel, then consume again with the new `basic.qos`. Deliveries the old
+    /// consumers made stay valid on the channel.
+    async fn set_window(&self, window: Window) -> Result<(), BrokerError> {
+        let (Window::Ahead(size) | Window::Fair(size)) = window;
+        let size = size.min(u16::MAX as usize) as u16;
+        let fair = matches!(window, Window::Fair(_));
+        lock(&self.acks).prompt = fair;
+        let queues = {
+            let mut consuming = self.consuming.lock().unwrap_or_else(|e| e.into_inner());
+            match consuming.as_mut() {
+                Some((queues, prefetch)) if *prefetch != size => {
+                    *prefetch = size;
+                    queues.clone()
+                }
+                _ => return Ok(()),
+            }
+        };
+        let live = self.live.lock().await;
+        // Without a live channel, the next one is consumed with the new window.
+        let Some(channel) = live.as_ref().map(|l| l.channel.clone()) else {
+            return Ok(());
+        };
+        let tags: Vec<String> = self.consumer_tags().drain().map(|(_, tag)| tag).collect();
+        for tag in tags {
+            channel
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await
+                .map_err(op)?;
+        }
+        if fair {
+            self.hand_back_waiting().await;
         }
         let generation = lock(&self.acks).generation;
-        self.start_consumer(&channel, queue, generation).await
+        self.consume_on(&channel, &queues, size, generation).await
     }
 
     async fn cancel_queue(&self, queue: &str) -> Result<(), BrokerError> {

@@ -70,6 +70,17 @@ impl From<crate::batch::Closed> for BrokerError {
     }
 }
 
+/// How many messages a broker that pushes them (AMQP) may send ahead of the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// At most this many unacknowledged messages; acks may wait a moment to be batched.
+    Ahead(usize),
+    /// Tasks have run long: at most this many, one per executor not held by a long task
+    /// (0: none). Messages received but not yet taken go back to the queue for other
+    /// workers, and acks go at once.
+    Fair(usize),
+}
+
 /// What the worker needs from any broker.
 #[async_trait]
 pub trait Broker: Send + Sync {
@@ -79,6 +90,15 @@ pub trait Broker: Send + Sync {
     /// messages where the broker pushes them (AMQP). Pull brokers only declare.
     async fn consume(&self, queues: &[String], _prefetch: usize) -> Result<(), BrokerError> {
         self.declare(queues).await
+    }
+    /// True if the broker sends messages ahead of `receive` (AMQP), so that the worker
+    /// sizes that with [`Broker::set_window`]; pull brokers take only what is asked.
+    fn sends_ahead(&self) -> bool {
+        false
+    }
+    /// Resize how many messages are sent ahead (brokers that `sends_ahead`).
+    async fn set_window(&self, _window: Window) -> Result<(), BrokerError> {
+        Ok(())
     }
     /// Start consuming one more queue (remote control `add_consumer`).
     async fn add_queue(&self, queue: &str) -> Result<(), BrokerError> {

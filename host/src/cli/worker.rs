@@ -18,10 +18,6 @@ use crate::telemetry::Telemetry;
 use crate::worker::{SharedRateLimits, Worker, WorkerConfig};
 use crate::{backend, broker};
 
-/// Reserved messages per slot. Celery's default is 4; measured on a Redis drain of short
-/// tasks here, 16 ran 10–12.6k tasks/s against 7.4–7.9k with 4.
-pub const DEFAULT_PREFETCH_MULTIPLIER: usize = 16;
-
 /// Seconds to an ETA beyond which a task is parked in the broker: short enough that a
 /// burst of countdowns cannot hold a worker's reservations for long, long enough that
 /// the usual retry countdown of a few seconds is simply held.
@@ -52,9 +48,10 @@ pub struct WorkerArgs {
     /// Node name (default: celeriac@HOST).
     #[arg(short = 'n', long, env = "CELERIAC_HOSTNAME")]
     pub hostname: Option<String>,
-    /// Messages reserved per slot (default 16; Celery's default is 4). Reserving ahead only
-    /// happens while every running task is under a second old, so a large window keeps
-    /// short tasks streaming without making long ones hold messages hostage.
+    /// Messages reserved per slot (Celery's default is 4). Unset: 16 on brokers the worker
+    /// pulls from; on RabbitMQ, about 50 ms of work per slot (2 to 128 messages). Reserving
+    /// ahead only happens while every running task is under a second old, so a large
+    /// window keeps short tasks streaming without making long ones hold messages hostage.
     #[arg(long, env = "CELERIAC_PREFETCH_MULTIPLIER")]
     pub prefetch_multiplier: Option<usize>,
     /// Store name, args, kwargs, worker, retries and queue with results (Celery's result_extended).
@@ -112,10 +109,7 @@ pub async fn run(common: &CommonArgs, file: &FileConfig, args: WorkerArgs) -> an
             .unwrap_or_else(default_hostname),
         queues,
         concurrency,
-        prefetch_multiplier: args
-            .prefetch_multiplier
-            .or(file.prefetch_multiplier)
-            .unwrap_or(DEFAULT_PREFETCH_MULTIPLIER),
+        prefetch_multiplier: args.prefetch_multiplier.or(file.prefetch_multiplier),
         result_extended: args.result_extended || file.result_extended.unwrap_or(false),
         task_events: args.task_events || file.task_events.unwrap_or(false),
         broker_url: connection.broker_url.clone(),

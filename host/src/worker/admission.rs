@@ -63,6 +63,15 @@ impl Gate {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// How many running tasks are old: they hold their executors, and no message should
+    /// wait for them.
+    pub fn old_tasks(&self) -> usize {
+        self.running()
+            .values()
+            .filter(|started| started.elapsed() >= LOOKAHEAD_WAIT)
+            .count()
+    }
+
     /// Look-ahead is fair while no running task is old.
     fn lookahead_allowed(&self) -> bool {
         self.running()

@@ -329,7 +329,11 @@ fn stats(shared: &Shared) -> Value {
                        "inqueues": {"total": 0, "active": 0}},
         },
         "broker": broker_info(&shared.config.broker_url),
-        "prefetch_count": concurrency * shared.config.prefetch_multiplier.max(1),
+        "prefetch_count": if shared.broker.sends_ahead() {
+            shared.window.get()
+        } else {
+            concurrency * shared.reservations_per_slot
+        },
         "rusage": rusage(),
         "sw_ident": "celeriac",
         "sw_ver": env!("CARGO_PKG_VERSION"),
@@ -399,7 +403,7 @@ fn conf(shared: &Shared) -> Value {
         "broker_url": redact(&config.broker_url),
         "result_backend": redact(&config.backend_url),
         "worker_concurrency": shared.concurrency(),
-        "worker_prefetch_multiplier": config.prefetch_multiplier,
+        "worker_prefetch_multiplier": config.prefetch_multiplier.unwrap_or(super::window::DEFAULT_PREFETCH_MULTIPLIER),
         "worker_send_task_events": shared.events.task_events_enabled(),
         "result_extended": config.result_extended,
         "task_queues": shared.queues(),

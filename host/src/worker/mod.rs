@@ -3,7 +3,8 @@
 //! `concurrency` slots run guests; at most `concurrency × prefetch_multiplier` messages
 //! are reserved at once, counting those waiting for their ETA (which give their slot
 //! back while they wait). `admission` decides when to take more: fair dispatch with a
-//! bounded look-ahead. Acknowledgement is late:
+//! bounded look-ahead; on a broker that pushes messages, `window` sizes how many it
+//! sends ahead. Acknowledgement is late:
 //! a message is acked only after its outcome is stored, so a worker that dies loses
 //! nothing. On shutdown it stops consuming, lets running tasks finish, and hands
 //! reserved-but-unstarted messages back to the broker.
@@ -24,6 +25,7 @@ mod revoked;
 mod shared_rate_limit;
 mod task;
 mod tracker;
+mod window;
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -59,8 +61,8 @@ pub struct WorkerConfig {
     pub queues: Vec<String>,
     /// Task slots (executor threads).
     pub concurrency: usize,
-    /// Reserved messages per slot.
-    pub prefetch_multiplier: usize,
+    /// Reserved messages per slot; `None`: sized by the worker (see `window`).
+    pub prefetch_multiplier: Option<usize>,
     /// Store name, args, kwargs, worker, retries and queue with each result.
     pub result_extended: bool,
     /// Send task events to the broker from the start (`-E`).
@@ -96,6 +98,12 @@ struct Shared {
     executors: ExecutorPool,
     /// Reservations, slots and look-ahead.
     gate: admission::Gate,
+    /// Reservations that come with each slot (`pool_grow` / `pool_shrink`).
+    reservations_per_slot: usize,
+    /// How many messages the broker sends ahead, where it pushes them.
+    window: window::Current,
+    /// How long guests run, which sizes that window.
+    task_time: window::TaskTime,
     /// Per-task rate limits from the plugins' manifests.
     rate_limits: rate_limit::RateLimits,
     /// Rate limits across all workers, where a Redis is at hand.
@@ -132,14 +140,14 @@ impl Shared {
     /// `pool_grow`: more slots and executor threads.
     fn grow(&self, n: usize) {
         match self.executors.grow(n) {
-            Ok(()) => self.gate.grow(n, self.config.prefetch_multiplier.max(1)),
+            Ok(()) => self.gate.grow(n, self.reservations_per_slot),
             Err(err) => tracing::error!(error = %err, "cannot start more executor threads"),
         }
     }
 
     /// `pool_shrink`: fewer slots and executor threads, never fewer than one.
     fn shrink(&self, n: usize) {
-        let n = self.gate.shrink(n, self.config.prefetch_multiplier.max(1));
+        let n = self.gate.shrink(n, self.reservations_per_slot);
         self.executors.shrink(n);
     }
 
@@ -207,8 +215,11 @@ impl Worker {
     pub async fn run(self, stop: Arc<watch::Sender<bool>>) -> Result<(), WorkerError> {
         let stopping = stop.subscribe();
         let concurrency = self.config.concurrency.max(1);
-        let prefetch = concurrency * self.config.prefetch_multiplier.max(1);
-        self.broker.consume(&self.config.queues, prefetch).await?;
+        let multiplier = self.config.prefetch_multiplier;
+        let reservations_per_slot = window::reservations_per_slot(multiplier, self.broker.sends_ahead());
+        let prefetch = concurrency * reservations_per_slot;
+        let first_window = window::initial(concurrency, multiplier);
+        self.broker.consume(&self.config.queues, first_window).await?;
         let executors = ExecutorPool::start(self.runtime.clone(), concurrency).map_err(WorkerError::Executors)?;
         let clock = Arc::new(clock::LamportClock::default());
         let gate = admission::Gate::new(concurrency, prefetch);
@@ -231,6 +242,9 @@ impl Worker {
             runtime: self.runtime.clone(),
             executors,
             gate,
+            reservations_per_slot,
+            window: window::Current::new(first_window),
+            task_time: window::TaskTime::default(),
             rate_limits: rate_limit::RateLimits::default(),
             shared_rate_limits: self.shared_rate_limits.clone(),
             status: self.status.clone(),
@@ -259,6 +273,9 @@ impl Worker {
             tokio::spawn(control::serve(shared.clone(), bus.clone()));
         }
         tokio::spawn(events::keep_beating(shared.clone()));
+        if self.broker.sends_ahead() {
+            tokio::spawn(window::keep(shared.clone()));
+        }
         tracing::info!(
             hostname = %self.config.hostname,
             queues = ?self.config.queues,

@@ -161,6 +161,9 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
         .run(plugin.clone(), invocation, Instant::now() + admission::LOOKAHEAD_WAIT)
         .await;
     shared.gate.finished(delivery.tag);
+    if let Some(ran) = &ran {
+        shared.task_time.record(ran.usage.wall);
+    }
     shared
         .status
         .metrics
