@@ -102,8 +102,8 @@ struct Shared {
     reservations_per_slot: usize,
     /// How many messages the broker sends ahead, where it pushes them.
     window: window::Current,
-    /// How long guests run, which sizes that window.
-    task_time: window::TaskTime,
+    /// How long guests run and how large messages are, which size that window.
+    load: window::Load,
     /// Per-task rate limits from the plugins' manifests.
     rate_limits: rate_limit::RateLimits,
     /// Rate limits across all workers, where a Redis is at hand.
@@ -244,7 +244,7 @@ impl Worker {
             gate,
             reservations_per_slot,
             window: window::Current::new(first_window),
-            task_time: window::TaskTime::default(),
+            load: window::Load::default(),
             rate_limits: rate_limit::RateLimits::default(),
             shared_rate_limits: self.shared_rate_limits.clone(),
             status: self.status.clone(),

@@ -20,6 +20,7 @@ const BACKEND_DOWN_PAUSE: Duration = Duration::from_secs(1);
 
 /// `slot` is the free slot the message was admitted with, if there was one.
 pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: Option<OwnedSemaphorePermit>) {
+    shared.load.message_size.record(delivery.message.body.len() as u64);
     let mut request = match TaskRequest::decode(&delivery.message) {
         Ok(request) => request,
         Err(err) => {
@@ -162,7 +163,7 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
         .await;
     shared.gate.finished(delivery.tag);
     if let Some(ran) = &ran {
-        shared.task_time.record(ran.usage.wall);
+        shared.load.task_time.record(ran.usage.wall.as_nanos() as u64);
     }
     shared
         .status

@@ -9,7 +9,7 @@
 //!   window, tasks of a few milliseconds a few messages each. A larger window drained a
 //!   RabbitMQ queue of `math.add` faster, as acks and results batch more (`-c 2`, medians
 //!   of alternating drains on one binary: 8.4k tasks/s with 32, 9.4k with 64, 10.4k with
-//!   128, 11.2k with 256).
+//!   128, 11.2k with 256). It is also kept under about [`AHEAD_BYTES`] of messages.
 //! - Once a task is old (see `admission`), the window shrinks to the executors no old
 //!   task holds, and messages waiting in the worker go back to the queue for other
 //!   workers: fair dispatch on RabbitMQ, where Celery's `-O fair` still lets each worker
@@ -35,6 +35,10 @@ pub const MAX_AHEAD_PER_SLOT: usize = 128;
 
 /// About how much work each executor may have waiting in the worker.
 const AHEAD_HORIZON: Duration = Duration::from_millis(50);
+
+/// About how many bytes of messages the worker may hold ahead in all, so that a fitted
+/// window of large messages stays small.
+const AHEAD_BYTES: u64 = 16 << 20;
 
 /// How often the window is checked against the tasks at hand.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
@@ -62,29 +66,35 @@ impl Current {
     }
 }
 
-/// How long a guest runs, as a moving average over about the last 8 tasks.
+/// A moving average over about the last 8 samples.
 #[derive(Default)]
-pub struct TaskTime(AtomicU64);
+pub struct Average(AtomicU64);
 
-impl TaskTime {
-    pub fn record(&self, ran: Duration) {
-        let ran = (ran.as_nanos() as u64).max(1);
+impl Average {
+    pub fn record(&self, sample: u64) {
+        let sample = sample.max(1);
         let average = self.0.load(Ordering::Relaxed);
-        // Two tasks finishing at once may lose a sample: it is an estimate.
+        // Two samples recorded at once may lose one: it is an estimate.
         let next = match average {
-            0 => ran,
-            _ => average.saturating_mul(7).saturating_add(ran) / 8,
+            0 => sample,
+            _ => average.saturating_mul(7).saturating_add(sample) / 8,
         };
         self.0.store(next, Ordering::Relaxed);
     }
 
-    /// `None` before the first task.
-    fn get(&self) -> Option<Duration> {
-        match self.0.load(Ordering::Relaxed) {
-            0 => None,
-            nanos => Some(Duration::from_nanos(nanos)),
-        }
+    /// `None` before the first sample.
+    fn get(&self) -> Option<u64> {
+        Some(self.0.load(Ordering::Relaxed)).filter(|&average| average > 0)
     }
+}
+
+/// What the window is fitted to.
+#[derive(Default)]
+pub struct Load {
+    /// How long guests run, in nanoseconds.
+    pub task_time: Average,
+    /// How large task messages are, in bytes.
+    pub message_size: Average,
 }
 
 /// The window to start with, before any task has run.
@@ -97,12 +107,7 @@ pub async fn keep(shared: Arc<Shared>) {
     let mut given = Window::Ahead(shared.window.get());
     loop {
         tokio::time::sleep(CHECK_EVERY).await;
-        let wanted = wanted(
-            &shared.gate,
-            shared.task_time.get(),
-            shared.config.prefetch_multiplier,
-            given,
-        );
+        let wanted = wanted(&shared.gate, &shared.load, shared.config.prefetch_multiplier, given);
         if wanted == given {
             continue;
         }
@@ -119,15 +124,19 @@ pub async fn keep(shared: Arc<Shared>) {
 }
 
 /// The window the tasks at hand call for, given the current one.
-fn wanted(gate: &Gate, task_time: Option<Duration>, multiplier: Option<usize>, given: Window) -> Window {
+fn wanted(gate: &Gate, load: &Load, multiplier: Option<usize>, given: Window) -> Window {
     let concurrency = gate.concurrency();
     let old = gate.old_tasks();
     if old > 0 {
         return Window::Fair(concurrency.saturating_sub(old));
     }
-    let per_slot = match (multiplier, task_time) {
+    let per_slot = match (multiplier, load.task_time.get()) {
         (Some(multiplier), _) => multiplier.max(1),
-        (None, Some(task_time)) => ahead_per_slot(task_time),
+        (None, Some(nanos)) => {
+            let bytes_per_slot = AHEAD_BYTES / concurrency.max(1) as u64;
+            let size = load.message_size.get().unwrap_or(1);
+            ahead_per_slot(Duration::from_nanos(nanos), bytes_per_slot / size)
+        }
         (None, None) => DEFAULT_PREFETCH_MULTIPLIER,
     };
     let ahead = concurrency * per_slot;
@@ -140,11 +149,11 @@ fn wanted(gate: &Gate, task_time: Option<Duration>, multiplier: Option<usize>, g
 }
 
 /// Messages per slot that make about [`AHEAD_HORIZON`] of work for tasks of `task_time`,
-/// rounded down to a power of two: at least 2 (one running, one next), at most
-/// [`MAX_AHEAD_PER_SLOT`].
-fn ahead_per_slot(task_time: Duration) -> usize {
+/// and no more than `fit_in_memory`, rounded down to a power of two: at least 2 (one
+/// running, one next), at most [`MAX_AHEAD_PER_SLOT`].
+fn ahead_per_slot(task_time: Duration, fit_in_memory: u64) -> usize {
     let fit = AHEAD_HORIZON.as_nanos() / task_time.as_nanos().max(1);
-    let fit = fit.clamp(1, MAX_AHEAD_PER_SLOT as u128) as usize;
+    let fit = fit.min(fit_in_memory as u128).clamp(1, MAX_AHEAD_PER_SLOT as u128) as usize;
     (1 << fit.ilog2()).max(2)
 }
 
@@ -154,25 +163,53 @@ mod tests {
 
     #[test]
     fn the_window_per_slot_covers_the_horizon_in_powers_of_two() {
-        assert_eq!(ahead_per_slot(Duration::from_micros(30)), MAX_AHEAD_PER_SLOT);
-        assert_eq!(ahead_per_slot(Duration::from_micros(300)), 128); // 166
-        assert_eq!(ahead_per_slot(Duration::from_millis(1)), 32); // 50
-        assert_eq!(ahead_per_slot(Duration::from_millis(5)), 8); // 10
-        assert_eq!(ahead_per_slot(Duration::from_millis(40)), 2); // 1
-        assert_eq!(ahead_per_slot(Duration::from_secs(3)), 2);
+        let ample = u64::MAX;
+        assert_eq!(ahead_per_slot(Duration::from_micros(30), ample), MAX_AHEAD_PER_SLOT);
+        assert_eq!(ahead_per_slot(Duration::from_micros(300), ample), 128); // 166
+        assert_eq!(ahead_per_slot(Duration::from_millis(1), ample), 32); // 50
+        assert_eq!(ahead_per_slot(Duration::from_millis(5), ample), 8); // 10
+        assert_eq!(ahead_per_slot(Duration::from_millis(40), ample), 2); // 1
+        assert_eq!(ahead_per_slot(Duration::from_secs(3), ample), 2);
+        assert_eq!(
+            ahead_per_slot(Duration::from_micros(30), 40),
+            32,
+            "memory bounds it too"
+        );
+        assert_eq!(ahead_per_slot(Duration::from_micros(30), 0), 2);
+    }
+
+    fn load(task_time: Duration, message_size: u64) -> Load {
+        let load = Load::default();
+        load.task_time.record(task_time.as_nanos() as u64);
+        load.message_size.record(message_size);
+        load
     }
 
     #[test]
-    fn the_window_follows_the_task_time_and_shrinks_only_on_a_fourfold_change() {
+    fn the_window_follows_the_tasks_and_shrinks_only_on_a_fourfold_change() {
         let gate = Gate::new(2, 256);
-        let ahead = |task_time: u64, given| wanted(&gate, Some(Duration::from_micros(task_time)), None, given);
+        let ahead = |micros: u64, given| wanted(&gate, &load(Duration::from_micros(micros), 1_000), None, given);
         assert_eq!(ahead(30, Window::Ahead(32)), Window::Ahead(256));
         assert_eq!(ahead(600, Window::Ahead(256)), Window::Ahead(256)); // 128 is only half
         assert_eq!(ahead(1_000, Window::Ahead(256)), Window::Ahead(64));
         assert_eq!(ahead(1_000, Window::Fair(0)), Window::Ahead(64));
-        let fixed = wanted(&gate, Some(Duration::from_micros(30)), Some(4), Window::Ahead(256));
+        let large = load(Duration::from_micros(30), 1 << 20);
+        assert_eq!(
+            wanted(&gate, &large, None, Window::Ahead(256)),
+            Window::Ahead(16),
+            "16 MiB of 1 MiB messages"
+        );
+        let fixed = wanted(
+            &gate,
+            &load(Duration::from_micros(30), 1_000),
+            Some(4),
+            Window::Ahead(256),
+        );
         assert_eq!(fixed, Window::Ahead(8), "a multiplier the user set is kept");
-        assert_eq!(wanted(&gate, None, None, Window::Ahead(8)), Window::Ahead(32));
+        assert_eq!(
+            wanted(&gate, &Load::default(), None, Window::Ahead(8)),
+            Window::Ahead(32)
+        );
     }
 
     #[test]
