@@ -17,7 +17,7 @@
 //! [`LOOKAHEAD_WAIT`] is handed back.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,6 +46,8 @@ pub struct Gate {
     capacity: Arc<AtomicUsize>,
     /// Start time of each running task, by delivery tag.
     running: Mutex<HashMap<u64, Instant>>,
+    /// Tasks finished so far.
+    finished: AtomicU64,
 }
 
 impl Gate {
@@ -56,6 +58,7 @@ impl Gate {
             concurrency: AtomicUsize::new(concurrency),
             capacity: Arc::new(AtomicUsize::new(prefetch)),
             running: Mutex::new(HashMap::new()),
+            finished: AtomicU64::new(0),
         }
     }
 
@@ -161,6 +164,12 @@ impl Gate {
 
     pub fn finished(&self, tag: u64) {
         self.running().remove(&tag);
+        self.finished.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many tasks have finished since the worker started.
+    pub fn finished_count(&self) -> u64 {
+        self.finished.load(Ordering::Relaxed)
     }
 
     pub fn concurrency(&self) -> usize {

@@ -17,6 +17,7 @@ mod control;
 mod events;
 mod executor;
 mod fault;
+mod memory;
 mod overrides;
 mod rate_limit;
 mod redelivery;
@@ -273,6 +274,7 @@ impl Worker {
             tokio::spawn(control::serve(shared.clone(), bus.clone()));
         }
         tokio::spawn(events::keep_beating(shared.clone()));
+        tokio::spawn(memory::return_when_idle(shared.clone()));
         if self.broker.sends_ahead() {
             tokio::spawn(window::keep(shared.clone()));
         }

@@ -102,23 +102,30 @@ pub fn initial(concurrency: usize, multiplier: Option<usize>) -> usize {
     concurrency * multiplier.unwrap_or(DEFAULT_PREFETCH_MULTIPLIER).max(1)
 }
 
-/// Keep the broker's window fitted to the tasks, for the life of the worker.
+/// Keep the broker's window fitted to the tasks until a warm shutdown starts; then take
+/// no more, and hand back the messages waiting, for other workers to run meanwhile.
 pub async fn keep(shared: Arc<Shared>) {
     let mut given = Window::Ahead(shared.window.get());
     loop {
         tokio::time::sleep(CHECK_EVERY).await;
-        let wanted = wanted(&shared.gate, &shared.load, shared.config.prefetch_multiplier, given);
-        if wanted == given {
-            continue;
-        }
-        match shared.broker.set_window(wanted).await {
-            Ok(()) => {
-                tracing::debug!(from = ?given, to = ?wanted, "prefetch window resized");
-                let (Window::Ahead(size) | Window::Fair(size)) = wanted;
-                shared.window.0.store(size, Ordering::Relaxed);
-                given = wanted;
+        let stopping = *shared.stopping.borrow();
+        let wanted = match stopping {
+            true => Window::Fair(0),
+            false => wanted(&shared.gate, &shared.load, shared.config.prefetch_multiplier, given),
+        };
+        if wanted != given {
+            match shared.broker.set_window(wanted).await {
+                Ok(()) => {
+                    tracing::debug!(from = ?given, to = ?wanted, "prefetch window resized");
+                    let (Window::Ahead(size) | Window::Fair(size)) = wanted;
+                    shared.window.0.store(size, Ordering::Relaxed);
+                    given = wanted;
+                }
+                Err(err) => tracing::warn!(error = %err, window = ?wanted, "cannot resize the prefetch window"),
             }
-            Err(err) => tracing::warn!(error = %err, window = ?wanted, "cannot resize the prefetch window"),
+        }
+        if stopping {
+            return;
         }
     }
 }
