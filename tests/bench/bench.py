@@ -187,10 +187,12 @@ class Amqp:
         return waiting == 0
 
 
-def start_celeriac(broker, log, binary=BIN, options=()):
+def start_celeriac(broker, log, binary=BIN, options=(), plugins=("math",)):
+    """A Celeriac worker (`-c 2`) serving `plugins` from $CELERIAC_PLUGIN_DIR."""
     folder = Path(tempfile.mkdtemp(prefix="celeriac-bench-"))
     (folder / "plugins.d").mkdir()
-    (folder / "plugins.d" / "math.wasm").write_bytes((PLUGINS / "math.wasm").read_bytes())
+    for plugin in plugins:
+        (folder / "plugins.d" / f"{plugin}.wasm").write_bytes((PLUGINS / f"{plugin}.wasm").read_bytes())
     process = subprocess.Popen(
         [str(binary), "--broker", broker.url, "--result-backend", broker.backend_url, "--loglevel", "warn",
          "worker", "--plugins", str(folder / "plugins.d"), "-c", "2", *options],

@@ -1,7 +1,7 @@
 """Round trip of one plugin task from the Python Celery client, on Redis: sequential
-`send_task(...).get()` calls against an idle worker serving every plugin of
-$CELERIAC_PLUGIN_DIR. Binaries given on the command line alternate, so a noisy machine
-weighs on each alike. Where `worker_latency.py` follows `math.add`, this follows any task,
+`send_task(...).get()` calls against an idle worker serving the task's plugin (and `math`,
+which readiness uses) from $CELERIAC_PLUGIN_DIR. Binaries given on the command line
+alternate, so a noisy machine weighs on each alike. Where `worker_latency.py` follows `math.add`, this follows any task,
 so the cost of a heavy guest (Python, JavaScript) shows.
 
     python task_round_trip.py --task textkit.words --args '["a b a"]' OLD_BINARY NEW_BINARY
@@ -11,7 +11,6 @@ Binaries default to $CELERIAC_BIN. Uses Redis database 12, flushed.
 
 import argparse
 import json
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -19,10 +18,15 @@ from pathlib import Path
 import redis
 from celery import Celery
 
-from bench import BIN, PLUGINS, p50, stop, wait_ready
+from bench import BIN, p50, start_celeriac, stop, wait_ready
 
 DB = 12
 URL = f"redis://127.0.0.1:6379/{DB}"
+
+
+class Broker:
+    url = URL
+    backend_url = URL
 
 
 def latencies(binary, task, args, calls):
@@ -30,11 +34,7 @@ def latencies(binary, task, args, calls):
     redis.Redis("127.0.0.1", 6379, db=DB).flushdb()
     app = Celery("round-trip-client", broker=URL, backend=URL)
     with tempfile.TemporaryFile("w+") as log:
-        process = subprocess.Popen(
-            [str(binary), "--broker", URL, "--result-backend", URL, "--loglevel", "warn",
-             "worker", "--plugins", str(PLUGINS), "-c", "2"],
-            cwd=tempfile.mkdtemp(prefix="celeriac-round-trip-"), stdout=subprocess.DEVNULL, stderr=log,
-        )
+        process = start_celeriac(Broker, log, binary=binary, plugins={"math", task.split(".")[0]})
         try:
             wait_ready(app)
             app.send_task(task, args).get(timeout=10)  # the plugin's first instance

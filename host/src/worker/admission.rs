@@ -77,9 +77,7 @@ impl Gate {
 
     /// Look-ahead is fair while no running task is old.
     fn lookahead_allowed(&self) -> bool {
-        self.running()
-            .values()
-            .all(|started| started.elapsed() < LOOKAHEAD_WAIT)
+        self.old_tasks() == 0
     }
 
     /// Free slots that may be taken now: standbys only while look-ahead is allowed.
