@@ -6,6 +6,7 @@ each other's keys. Redis restarting under load is in test_reliability.py.
 
 import base64
 import json
+import os
 import signal
 import time
 import uuid
@@ -293,3 +294,34 @@ def test_sigterm_waits_out_the_grace_period_then_returns_running_tasks_to_the_qu
     assert "returning it to the queue" in worker.log()
     assert task.state == "PENDING", "a task stopped by the shutdown must not be stored as revoked"
     assert redis.Redis(REDIS_HOST, REDIS_PORT, db).llen("celery") == 1, "the message is back in its queue"
+
+
+def thread_cpus(pid):
+    """The CPUs each thread of `pid` may run on, one frozenset per thread."""
+    placements = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                listed = next(l.split(":", 1)[1].strip() for l in f if l.startswith("Cpus_allowed_list:"))
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        cpus = set()
+        for part in listed.split(","):
+            first, _, last = part.partition("-")
+            cpus.update(range(int(first), int(last or first) + 1))
+        placements.append(frozenset(cpus))
+    return placements
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to place threads on")
+def test_an_idle_worker_keeps_its_threads_on_one_cpu_and_spreads_them_for_two_tasks(db, make_worker):
+    """Hand-offs between the worker's threads cost less on one CPU; two tasks need two."""
+    worker = make_worker(url(db), url(db))
+    pid, everywhere = worker.process.pid, frozenset(os.sched_getaffinity(0))
+    gathered = lambda: all(len(cpus) == 1 for cpus in thread_cpus(pid)) and len(set(thread_cpus(pid))) == 1
+    assert eventually(gathered, timeout=10), thread_cpus(pid)
+    app = celery_app(url(db), url(db))
+    results = [app.send_task("math.spin", (3000,)) for _ in range(2)]
+    assert eventually(lambda: set(thread_cpus(pid)) == {everywhere}, timeout=2.5), thread_cpus(pid)
+    assert [r.get(timeout=TIMEOUT) for r in results] == [3000, 3000]
+    assert eventually(gathered, timeout=10), thread_cpus(pid)

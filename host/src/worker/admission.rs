@@ -156,13 +156,21 @@ impl Gate {
         }
     }
 
-    pub fn started(&self, tag: u64) {
-        self.running().insert(tag, Instant::now());
+    /// A task went to the executors; returns how many they hold now.
+    pub fn started(&self, tag: u64) -> usize {
+        let mut running = self.running();
+        running.insert(tag, Instant::now());
+        running.len()
     }
 
     pub fn finished(&self, tag: u64) {
         self.running().remove(&tag);
         self.finished.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many tasks are in the executors' hands (running or queued for a thread).
+    pub fn running_count(&self) -> usize {
+        self.running().len()
     }
 
     /// How many tasks have finished since the worker started.

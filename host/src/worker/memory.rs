@@ -30,7 +30,10 @@ pub async fn return_when_idle(shared: Arc<Shared>) {
         if finished == seen && finished != trimmed_at {
             let began = std::time::Instant::now();
             trim();
-            tracing::debug!(took_us = began.elapsed().as_micros() as u64, "idle: returned freed memory to the system");
+            tracing::debug!(
+                took_us = began.elapsed().as_micros() as u64,
+                "idle: returned freed memory to the system"
+            );
             trimmed_at = finished;
         }
         seen = finished;

@@ -19,6 +19,7 @@ mod executor;
 mod fault;
 mod memory;
 mod overrides;
+mod placement;
 mod rate_limit;
 mod redelivery;
 mod report;
@@ -105,6 +106,8 @@ struct Shared {
     window: window::Current,
     /// How long guests run and how large messages are, which size that window.
     load: window::Load,
+    /// Which CPUs the threads run on (one while the load is light).
+    placement: placement::Placement,
     /// Per-task rate limits from the plugins' manifests.
     rate_limits: rate_limit::RateLimits,
     /// Rate limits across all workers, where a Redis is at hand.
@@ -246,6 +249,7 @@ impl Worker {
             reservations_per_slot,
             window: window::Current::new(first_window),
             load: window::Load::default(),
+            placement: placement::Placement::default(),
             rate_limits: rate_limit::RateLimits::default(),
             shared_rate_limits: self.shared_rate_limits.clone(),
             status: self.status.clone(),
@@ -275,6 +279,7 @@ impl Worker {
         }
         tokio::spawn(events::keep_beating(shared.clone()));
         tokio::spawn(memory::return_when_idle(shared.clone()));
+        tokio::spawn(placement::keep(shared.clone()));
         if self.broker.sends_ahead() {
             tokio::spawn(window::keep(shared.clone()));
         }

@@ -155,7 +155,8 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
     }
     tracked.started(invocation.cancel.clone());
     shared.events.task("task-started", id, Map::new);
-    shared.gate.started(delivery.tag);
+    let in_hand = shared.gate.started(delivery.tag);
+    shared.placement.task_started(in_hand);
     shared.status.metrics.started(name, arrived.elapsed());
     let ran = shared
         .executors
