@@ -10,6 +10,7 @@ pub mod batch;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod cpu_time;
 pub mod http;
 pub mod metrics;
 pub use celeriac_protocol as protocol;

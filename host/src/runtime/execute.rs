@@ -53,16 +53,6 @@ pub struct Usage {
     pub peak_memory: usize,
 }
 
-/// CPU time consumed by the calling thread so far.
-fn thread_cpu_time() -> Duration {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime only writes the timespec we pass.
-    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
-}
-
 /// What came of it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -161,11 +151,11 @@ impl Runtime {
 
     /// [`Runtime::execute`], and what the task used.
     pub fn execute_measured(&self, plugin: &PluginVersion, invocation: Invocation) -> (Outcome, Usage) {
-        let (started, cpu_before) = (std::time::Instant::now(), thread_cpu_time());
+        let (started, cpu_before) = (std::time::Instant::now(), crate::cpu_time::thread());
         let (outcome, peak_memory) = self.run_guest(plugin, invocation);
         let usage = Usage {
             wall: started.elapsed(),
-            cpu: thread_cpu_time().saturating_sub(cpu_before),
+            cpu: crate::cpu_time::thread().saturating_sub(cpu_before),
             peak_memory,
         };
         (outcome, usage)

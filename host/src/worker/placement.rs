@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use super::Shared;
+use crate::cpu_time;
 
 /// How often the worker's CPU use is read.
 const CHECK_EVERY: Duration = Duration::from_millis(50);
@@ -70,14 +71,14 @@ pub async fn keep(shared: Arc<Shared>) {
         return;
     };
     let mut layout = Layout::Spread;
-    let mut last = (Instant::now(), cpus::process_cpu_time());
+    let mut last = (Instant::now(), cpu_time::process());
     loop {
         tokio::select! {
             _ = tokio::time::sleep(CHECK_EVERY) => {}
             _ = shared.placement.spread_now.notified() => {}
         }
-        let now = (Instant::now(), cpus::process_cpu_time());
-        let busy = (now.1 - last.1).as_secs_f64() / (now.0 - last.0).as_secs_f64().max(1e-3);
+        let now = (Instant::now(), cpu_time::process());
+        let busy = now.1.saturating_sub(last.1).as_secs_f64() / (now.0 - last.0).as_secs_f64().max(1e-3);
         last = now;
         let wanted = next(layout, busy, shared.gate.running_count());
         if wanted == layout {
@@ -109,7 +110,6 @@ pub async fn keep(shared: Arc<Shared>) {
 #[cfg(target_os = "linux")]
 mod cpus {
     use std::io;
-    use std::time::Duration;
 
     /// A set of CPUs, as the kernel's affinity calls take it.
     pub struct CpuSet(libc::cpu_set_t);
@@ -167,22 +167,11 @@ mod cpus {
         }
         Ok(())
     }
-
-    /// CPU time all the process's threads have used.
-    pub fn process_cpu_time() -> Duration {
-        // SAFETY: the kernel fills the timespec it is given.
-        let mut now: libc::timespec = unsafe { std::mem::zeroed() };
-        if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) } != 0 {
-            return Duration::ZERO;
-        }
-        Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
-    }
 }
 
 #[cfg(not(target_os = "linux"))]
 mod cpus {
     use std::io;
-    use std::time::Duration;
 
     pub struct CpuSet;
 
@@ -202,10 +191,6 @@ mod cpus {
 
     pub fn place_all(_set: &CpuSet) -> io::Result<()> {
         Err(io::ErrorKind::Unsupported.into())
-    }
-
-    pub fn process_cpu_time() -> Duration {
-        Duration::ZERO
     }
 }
 
