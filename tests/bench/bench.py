@@ -95,11 +95,27 @@ class ClientSleeps:
     def __init__(self):
         self.count = 0
         self.per_call = []
+        self.latencies = []
         self.counted_before = 0
 
-    def call_done(self):
+    def call_done(self, latency):
         self.per_call.append(self.count - self.counted_before)
+        self.latencies.append(latency)
         self.counted_before = self.count
+
+    def backlog(self):
+        """For the slowest 1% of round trips: the median number of sleeps, and the median
+        number of short-path round trips just before each. A `.get()` that finds its result
+        at the first read leaves its subscription's messages unread (the subscribe and
+        unsubscribe replies, the result's PUBLISH); the next `.get()` that has to wait reads
+        through all of them, one poll and one sleep each."""
+        shorts_before, run = [], 0
+        for sleeps in self.per_call:
+            shorts_before.append(run)
+            run = run + 1 if sleeps == 1 else 0
+        slowest = sorted(range(len(self.latencies)), key=self.latencies.__getitem__)[-max(1, len(self.latencies) // 100):]
+        return (statistics.median(self.per_call[i] for i in slowest),
+                statistics.median(shorts_before[i] for i in slowest))
 
     def short_path(self):
         """Share of round trips that found the result at the first read (one sleep, in
@@ -230,7 +246,7 @@ def round_trips(app, calls, check=True, sleeps=None):
         result = app.send_task("math.add", (i, 1)).get(timeout=10)
         latencies.append((time.perf_counter() - t) * 1000)
         if sleeps:
-            sleeps.call_done()
+            sleeps.call_done(latencies[-1])
         assert not check or result == i + 1, f"math.add({i}, 1) returned {result}"
     return sorted(latencies)
 
@@ -257,7 +273,7 @@ def client_floor(broker, calls):
     finally:
         process.terminate()
         process.wait(timeout=30)
-    return {"p50": p50(latencies), "p99": p99(latencies), "short": sleeps.short_path()}
+    return {"p50": p50(latencies), "p99": p99(latencies), "short": sleeps.short_path(), "backlog": sleeps.backlog()}
 
 
 def wait_until(done, process, log, kind):
@@ -336,6 +352,7 @@ def one_run(kind, broker, tasks, rtt_calls):
         "rss_busy": rss_busy / 1024,
         "sleeps": statistics.median(sleeps.per_call),
         "short": sleeps.short_path(),
+        "backlog": sleeps.backlog(),
         **{f"cpu {name}": seconds * 1e6 / tasks for name, seconds in cpu.items()},
     }
 
@@ -502,6 +519,14 @@ def main():
         f"  path was taken in {100 * floor['short']:.0f}% of the null worker's round trips, "
         f"{100 * rows[0][1]['celeriac']['short']:.0f}% of Celeriac's and "
         f"{100 * rows[0][1]['celery']['short']:.0f}% of Celery's (Redis).",
+        "- Client backlog: a `.get()` that finds its result at the first read leaves its subscription's",
+        "  messages unread (the subscribe and unsubscribe replies, the result's PUBLISH), and the next",
+        "  `.get()` that has to wait reads through all of them, one poll and one sleep each. The slowest 1%",
+        "  of round trips (Redis) slept a median of "
+        f"{rows[0][1]['celeriac']['backlog'][0]:.0f} times after {rows[0][1]['celeriac']['backlog'][1]:.0f} short-path round trips (Celeriac), "
+        f"{floor['backlog'][0]:.0f} times after {floor['backlog'][1]:.0f} (null worker),",
+        f"  {rows[0][1]['celery']['backlog'][0]:.0f} times after {rows[0][1]['celery']['backlog'][1]:.0f} (Celery): "
+        "where results mostly come first, the p99 is this backlog's.",
         f"- Redis ceiling: {ceiling:.0f} tasks/s if Redis did nothing but the commands one task needs on the",
         "  worker's side (RPOP, ZADD, HSET, GET, SET EX, PUBLISH, ZREM, HDEL; `redis-benchmark -P 64`).",
         f"  Celeriac's Redis drain reaches {100 * redis_rate / ceiling:.0f}% of it; the worker's CPU, not Redis, is the limit",

@@ -369,6 +369,7 @@ impl AmqpBroker {
             queue,
             tag,
             redelivered: delivery.redelivered,
+            deferred_writes: None,
         }
     }
 

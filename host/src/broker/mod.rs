@@ -31,7 +31,7 @@ use crate::config::BrokerUrl;
 use crate::protocol::Message;
 
 /// A message handed to the worker, with what it takes to acknowledge it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Delivery {
     pub message: Message,
     /// The queue it was taken from.
@@ -40,6 +40,49 @@ pub struct Delivery {
     pub tag: u64,
     /// True when the message was delivered before and not acknowledged.
     pub redelivered: bool,
+    /// Writes the broker put off about this message, if any; they start when it is dropped.
+    pub deferred_writes: Option<DeferredWrites>,
+}
+
+impl Delivery {
+    /// Let the broker's deferred writes about this message start (see [`DeferredWrites`]).
+    pub fn release_deferred_writes(&self) {
+        if let Some(writes) = &self.deferred_writes {
+            writes.release();
+        }
+    }
+}
+
+/// Writes a broker puts off about a message it just handed over (on Redis, the `unacked`
+/// record of a BRPOP'd message), so that an idle worker can run the task first: on a
+/// small machine they would otherwise take the CPU the task waits for. They start when
+/// released (by the worker as the task's outcome is reported, by the broker before it
+/// settles the message), when this is dropped, or [`DeferredWrites::AT_MOST`] after it
+/// was made, whichever comes first.
+#[derive(Debug)]
+pub struct DeferredWrites(std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>);
+
+impl DeferredWrites {
+    /// A task running longer than this does not hold its message's record back further.
+    pub const AT_MOST: Duration = Duration::from_millis(1);
+
+    /// The handle, and what the writes wait for before they start.
+    pub fn new() -> (DeferredWrites, impl std::future::Future<Output = ()> + Send + 'static) {
+        Self::at_most(Self::AT_MOST)
+    }
+
+    fn at_most(limit: Duration) -> (DeferredWrites, impl std::future::Future<Output = ()> + Send + 'static) {
+        let (handle, released) = tokio::sync::oneshot::channel::<()>();
+        // Nothing is ever sent: the wait ends when the sender is dropped.
+        (DeferredWrites(std::sync::Mutex::new(Some(handle))), async move {
+            let _ = tokio::time::timeout(limit, released).await;
+        })
+    }
+
+    pub fn release(&self) {
+        // The lock guards an Option only; a poisoned one is still usable.
+        drop(self.0.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -167,5 +210,36 @@ pub async fn open(url: &BrokerUrl, options: &HashMap<String, String>) -> Result<
             let store = redis::RedisStore::open(url, options).await?;
             Ok(virtual_transport::VirtualBroker::start(store, options)?)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A limit no test reaches: writes that start were started by their handle.
+    const NEVER: Duration = Duration::from_secs(3600);
+
+    async fn start_soon(writes: impl std::future::Future<Output = ()>) -> bool {
+        tokio::time::timeout(Duration::from_secs(10), writes).await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn deferred_writes_start_when_released_or_dropped() {
+        let (handle, start) = DeferredWrites::at_most(NEVER);
+        let started = tokio::spawn(start_soon(start));
+        handle.release();
+        assert!(started.await.unwrap());
+        let (handle, start) = DeferredWrites::at_most(NEVER);
+        drop(handle);
+        assert!(start_soon(start).await);
+    }
+
+    #[tokio::test]
+    async fn deferred_writes_held_too_long_start_anyway() {
+        let (_held, start) = DeferredWrites::new();
+        let began = std::time::Instant::now();
+        start.await;
+        assert!(began.elapsed() >= DeferredWrites::AT_MOST);
     }
 }

@@ -24,7 +24,7 @@ use serde_json::Value;
 use super::redis_parking::RedisParking;
 use super::redis_recording::Recording;
 use super::virtual_transport::{Store, StoreTag, Taken};
-use super::BrokerError;
+use super::{BrokerError, DeferredWrites};
 use crate::config::redact;
 use crate::protocol::time::unix_now;
 use crate::protocol::DeliveryStamp;
@@ -204,11 +204,12 @@ impl RedisStore {
     }
 
     /// Record a taken message as unacked, under the tag its publisher gave it. The write
-    /// goes on in the background (`redis_recording.rs`); acks and restores wait for it.
-    fn record_unacked(&self, queue: &str, payload: &str) -> StoreTag {
+    /// goes on in the background (`redis_recording.rs`) once the returned handle lets it;
+    /// acks and restores wait for it.
+    fn record_unacked(&self, queue: &str, payload: &str) -> (StoreTag, Option<DeferredWrites>) {
         let Some(stamp) = DeliveryStamp::of_envelope_json(payload) else {
             // Not a kombu envelope: nothing to record; the virtual layer rejects it.
-            return untracked_tag();
+            return (untracked_tag(), None);
         };
         let tag = stamp.tag;
         let exchange = stamp.exchange.as_deref().unwrap_or("");
@@ -220,9 +221,12 @@ impl RedisStore {
             .zadd(&self.unacked_index, &tag, unix_now())
             .hset(&self.unacked, &tag, entry);
         let mut conn = self.commands.clone();
-        self.recording
-            .start(tag.clone(), async move { pipe.exec_async(&mut conn).await.map_err(op) });
-        tag
+        let (deferred, released) = DeferredWrites::new();
+        self.recording.start(tag.clone(), async move {
+            released.await;
+            pipe.exec_async(&mut conn).await.map_err(op)
+        });
+        (tag, Some(deferred))
     }
 
     /// Read an `unacked` entry: the queue to restore it to (kombu's lookup: the routing key
@@ -344,6 +348,7 @@ impl Store for RedisStore {
                         tag,
                         payload,
                         redelivered: false,
+                        deferred_writes: None,
                     }
                 })
                 .collect());
@@ -361,12 +366,13 @@ impl Store for RedisStore {
             return Ok(Vec::new());
         };
         let queue = self.queue_of(&key);
-        let tag = self.record_unacked(&queue, &payload);
+        let (tag, deferred_writes) = self.record_unacked(&queue, &payload);
         Ok(vec![Taken {
             queue,
             tag,
             payload,
             redelivered: false,
+            deferred_writes,
         }])
     }
 

@@ -122,6 +122,7 @@ impl SqliteStore {
             payload: r.get(1),
             // Inserted at version 1 and taken at 2; anything higher was taken before.
             redelivered: r.get::<i64, _>(2) > 2,
+            deferred_writes: None,
         }))
     }
 }

@@ -256,6 +256,7 @@ impl SqsStore {
                     tag: tag_of(&url, &receipt),
                     payload: crate::protocol::envelope::from_sqs_body(m.body.as_deref().unwrap_or("")),
                     redelivered: receive_count.is_some_and(|count| count > 1),
+                    deferred_writes: None,
                 })
             })
             .collect())

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{Broker, BrokerError, Delivery};
+use super::{Broker, BrokerError, DeferredWrites, Delivery};
 use crate::batch::Batcher;
 use crate::protocol::time::seconds;
 use crate::protocol::Message;
@@ -31,6 +31,8 @@ pub struct Taken {
     /// The store knows it handed this message out before (SQS's receive count, SQLite's
     /// row version). Redis says so in the message: kombu's restore adds a `redelivered` header.
     pub redelivered: bool,
+    /// Writes about it the store put off (see [`DeferredWrites`]).
+    pub deferred_writes: Option<DeferredWrites>,
 }
 
 /// Largest message accepted; a bigger one is rejected unread (a 50 MB body is far more
@@ -205,6 +207,7 @@ impl<S: Store> VirtualBroker<S> {
             tag: store_tag,
             payload,
             redelivered,
+            deferred_writes,
         } = taken;
         let message = if payload.len() > self.max_message_size {
             Err(format!(
@@ -232,9 +235,12 @@ impl<S: Store> VirtualBroker<S> {
                     queue,
                     tag,
                     redelivered,
+                    deferred_writes,
                 }))
             }
             Err(error) => {
+                // The delete below waits for them.
+                drop(deferred_writes);
                 let preview: String = payload.chars().take(120).collect();
                 let task_id = sniff_task_id(&payload).unwrap_or("?");
                 tracing::error!(queue = %queue, store_tag = %store_tag, task_id = %task_id, error = %error,
@@ -298,11 +304,14 @@ impl<S: Store> Broker for VirtualBroker<S> {
         Ok(out)
     }
     async fn ack(&self, delivery: &Delivery) -> Result<(), BrokerError> {
+        // Acks, hand-backs and parking wait for the lease: let it be written.
+        delivery.release_deferred_writes();
         let reserved = self.release(delivery.tag)?;
         self.acks.submit(reserved.store_tag).await.map_err(BrokerError::shared)
     }
 
     async fn reject(&self, delivery: &Delivery, requeue: bool) -> Result<(), BrokerError> {
+        delivery.release_deferred_writes();
         let reserved = self.release(delivery.tag)?;
         if requeue {
             self.store.restore(&reserved.store_tag).await
@@ -312,6 +321,7 @@ impl<S: Store> Broker for VirtualBroker<S> {
     }
 
     async fn park(&self, delivery: &Delivery, until: DateTime<Utc>) -> Result<bool, BrokerError> {
+        delivery.release_deferred_writes();
         let until = until.timestamp_millis() as f64 / 1000.0;
         let payload = delivery.message.to_envelope_json();
         if !self

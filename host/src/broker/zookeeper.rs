@@ -156,6 +156,7 @@ impl ZookeeperStore {
                     payload: String::from_utf8_lossy(&data).into_owned(),
                     // A dead worker's claim vanishes with its session, leaving no trace.
                     redelivered: false,
+                    deferred_writes: None,
                 }),
                 Err(zk::Error::NoNode) => {
                     // Taken by a kombu consumer meanwhile: let go of the claim.

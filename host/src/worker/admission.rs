@@ -145,8 +145,12 @@ impl Gate {
         tokio::time::timeout(LOOKAHEAD_WAIT, self.idle_slot()).await.ok()?
     }
 
-    /// How many messages the worker holds now (waiting, running or being reported), as a
-    /// counter that needs no borrow of the gate.
+    /// How many messages the worker holds now (waiting, running or being reported).
+    pub fn held(&self) -> usize {
+        (self.held_count())()
+    }
+
+    /// [`Gate::held`], as a counter that needs no borrow of the gate.
     pub fn held_count(&self) -> impl Fn() -> usize + Send + Sync + 'static {
         let (reserved, capacity) = (self.reserved.clone(), self.capacity.clone());
         move || {

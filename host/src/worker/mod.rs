@@ -17,6 +17,7 @@ mod control;
 mod events;
 mod executor;
 mod fault;
+mod lone_task;
 mod memory;
 mod overrides;
 mod placement;
@@ -108,6 +109,8 @@ struct Shared {
     load: window::Load,
     /// Which CPUs the threads run on (one while the load is light).
     placement: placement::Placement,
+    /// What a lone task's bookkeeping waits for.
+    lead: lone_task::Lead,
     /// Per-task rate limits from the plugins' manifests.
     rate_limits: rate_limit::RateLimits,
     /// Rate limits across all workers, where a Redis is at hand.
@@ -250,6 +253,7 @@ impl Worker {
             window: window::Current::new(first_window),
             load: window::Load::default(),
             placement: placement::Placement::default(),
+            lead: lone_task::Lead::default(),
             rate_limits: rate_limit::RateLimits::default(),
             shared_rate_limits: self.shared_rate_limits.clone(),
             status: self.status.clone(),
@@ -324,6 +328,9 @@ impl Worker {
             // kombu hands back a message for a queue without consumers.
             let current = shared.queues();
             let cancelled: Vec<&String> = asked.iter().filter(|q| !current.contains(q)).collect();
+            // Only `first` is held: the message's task runs before its bookkeeping.
+            let lone = deliveries.len() == 1 && shared.gate.held() == 1;
+            let seen = shared.lead.count();
             let mut first = Some(first);
             for delivery in deliveries {
                 if cancelled.contains(&&delivery.queue) {
@@ -336,13 +343,22 @@ impl Worker {
                     self.broker.reject(&delivery, true).await?;
                     continue;
                 };
+                if !lone {
+                    delivery.release_deferred_writes();
+                }
                 let shared = shared.clone();
                 // Boxed: the handler's state machine is ~10 KB, and tokio moves an unboxed
                 // future by value several times on spawn and when it finishes.
                 tokio::spawn(Box::pin(async move {
                     task::handle(&shared, delivery, admission.slot).await;
+                    // Before the reservation goes, so that a lone task's hold never ends
+                    // on an earlier task's let-go.
+                    shared.lead.let_go();
                     drop(admission.reservation);
                 }));
+            }
+            if lone {
+                shared.lead.hold(seen, lone_task::LEAD_AT_MOST).await;
             }
         }
         self.status.ready.store(false, std::sync::atomic::Ordering::Relaxed);

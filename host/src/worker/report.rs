@@ -98,7 +98,15 @@ async fn store_publish_then_settle(
 ) {
     shared.status.metrics.finished(&request.name, result.state.as_str());
     events::task_outcome(&shared.events, &result, usage);
+    // The message's deferred record (Redis) goes out before the follow-ups and chord
+    // counts that would need a rerun if this worker died before storing the result, and
+    // on the connection that then publishes the follow-ups; a lone result goes first.
+    if !follow_ups.is_empty() || request.embed.chord.is_some() {
+        delivery.release_deferred_writes();
+    }
     let done = publish_then_store(shared, request, result, follow_ups).await;
+    delivery.release_deferred_writes();
+    shared.lead.let_go();
     match (done, after) {
         (true, Some(after)) => {
             fault::check(fault::Point::BeforeAck, &request.name);
