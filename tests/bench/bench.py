@@ -114,8 +114,8 @@ class ClientSleeps:
             shorts_before.append(run)
             run = run + 1 if sleeps == 1 else 0
         slowest = sorted(range(len(self.latencies)), key=self.latencies.__getitem__)[-max(1, len(self.latencies) // 100):]
-        return (statistics.median(self.per_call[i] for i in slowest),
-                statistics.median(shorts_before[i] for i in slowest))
+        return {"slowest sleeps": statistics.median(self.per_call[i] for i in slowest),
+                "slowest after": statistics.median(shorts_before[i] for i in slowest)}
 
     def short_path(self):
         """Share of round trips that found the result at the first read (one sleep, in
@@ -273,7 +273,7 @@ def client_floor(broker, calls):
     finally:
         process.terminate()
         process.wait(timeout=30)
-    return {"p50": p50(latencies), "p99": p99(latencies), "short": sleeps.short_path(), "backlog": sleeps.backlog()}
+    return {"p50": p50(latencies), "p99": p99(latencies), "short": sleeps.short_path(), **sleeps.backlog()}
 
 
 def wait_until(done, process, log, kind):
@@ -352,7 +352,7 @@ def one_run(kind, broker, tasks, rtt_calls):
         "rss_busy": rss_busy / 1024,
         "sleeps": statistics.median(sleeps.per_call),
         "short": sleeps.short_path(),
-        "backlog": sleeps.backlog(),
+        **sleeps.backlog(),
         **{f"cpu {name}": seconds * 1e6 / tasks for name, seconds in cpu.items()},
     }
 
@@ -523,9 +523,9 @@ def main():
         "  messages unread (the subscribe and unsubscribe replies, the result's PUBLISH), and the next",
         "  `.get()` that has to wait reads through all of them, one poll and one sleep each. The slowest 1%",
         "  of round trips (Redis) slept a median of "
-        f"{rows[0][1]['celeriac']['backlog'][0]:.0f} times after {rows[0][1]['celeriac']['backlog'][1]:.0f} short-path round trips (Celeriac), "
-        f"{floor['backlog'][0]:.0f} times after {floor['backlog'][1]:.0f} (null worker),",
-        f"  {rows[0][1]['celery']['backlog'][0]:.0f} times after {rows[0][1]['celery']['backlog'][1]:.0f} (Celery): "
+        f"{rows[0][1]['celeriac']['slowest sleeps']:.0f} times after {rows[0][1]['celeriac']['slowest after']:.0f} short-path round trips (Celeriac), "
+        f"{floor['slowest sleeps']:.0f} times after {floor['slowest after']:.0f} (null worker),",
+        f"  {rows[0][1]['celery']['slowest sleeps']:.0f} times after {rows[0][1]['celery']['slowest after']:.0f} (Celery): "
         "where results mostly come first, the p99 is this backlog's.",
         f"- Redis ceiling: {ceiling:.0f} tasks/s if Redis did nothing but the commands one task needs on the",
         "  worker's side (RPOP, ZADD, HSET, GET, SET EX, PUBLISH, ZREM, HDEL; `redis-benchmark -P 64`).",
