@@ -40,7 +40,7 @@ pub struct Delivery {
     pub tag: u64,
     /// True when the message was delivered before and not acknowledged.
     pub redelivered: bool,
-    /// Writes the broker put off about this message, if any; they start when it is dropped.
+    /// Writes the broker put off about this message, if any (see [`DeferredWrites`]).
     pub deferred_writes: Option<DeferredWrites>,
 }
 
