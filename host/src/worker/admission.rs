@@ -147,17 +147,13 @@ impl Gate {
 
     /// How many messages the worker holds now (waiting, running or being reported).
     pub fn held(&self) -> usize {
-        (self.held_count())()
+        held(&self.capacity, &self.reserved)
     }
 
     /// [`Gate::held`], as a counter that needs no borrow of the gate.
     pub fn held_count(&self) -> impl Fn() -> usize + Send + Sync + 'static {
         let (reserved, capacity) = (self.reserved.clone(), self.capacity.clone());
-        move || {
-            capacity
-                .load(Ordering::Relaxed)
-                .saturating_sub(reserved.available_permits())
-        }
+        move || held(&capacity, &reserved)
     }
 
     /// A task went to the executors; returns how many they hold now.
@@ -216,4 +212,10 @@ impl Gate {
         let capacity = self.capacity.load(Ordering::Relaxed);
         let _all = self.reserved.acquire_many(capacity as u32).await;
     }
+}
+/// Reservations taken out of the current capacity.
+fn held(capacity: &AtomicUsize, reserved: &Semaphore) -> usize {
+    capacity
+        .load(Ordering::Relaxed)
+        .saturating_sub(reserved.available_permits())
 }

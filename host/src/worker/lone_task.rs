@@ -105,7 +105,9 @@ mod tests {
     async fn a_hold_nobody_ends_lasts_the_limit() {
         let lead = Lead::default();
         let began = Instant::now();
-        lead.hold(lead.count(), LEAD_AT_MOST).await;
+        tokio::time::timeout(Duration::from_secs(10), lead.hold(lead.count(), LEAD_AT_MOST))
+            .await
+            .expect("the limit ends the hold");
         assert!(began.elapsed() >= LEAD_AT_MOST);
     }
 }
