@@ -1,16 +1,16 @@
 //! Memory a burst of tasks used goes back to the operating system once the worker is idle.
 //!
-//! glibc's allocator keeps freed memory for reuse, and a burst leaves it fragmented, so a
-//! worker's RSS after draining a queue stays near its peak. After a RabbitMQ drain of
-//! 20,000 `math.add` with a window of 256 messages, the worker sat idle at 33.7–34.4 MiB;
-//! `malloc_trim`, called from gdb or by this module, took it to 30.0–31.1 MiB
-//! (2026-12-05). Most of the rest is the executable's own pages (17–22 MiB, varying
-//! from build to build with the code's layout).
+//! An allocator keeps freed memory for reuse, so a worker's RSS after draining a queue
+//! stays near its peak. The worker allocates with mimalloc (`main.rs`), whose
+//! `mi_collect(true)` hands back what it holds free: after RabbitMQ drains of 20,000
+//! `math.add`, the idle worker sat at 29.3 MiB with it and 32.9 without (medians of 3,
+//! 2026-12-06). With glibc's allocator, `malloc_trim` did the same (33.7–34.4 → 30.0–31.1
+//! MiB, 2026-12-05). Most of the rest is the executable's own pages.
 //!
 //! The check runs four times a second, so memory goes back between a quarter and half a
 //! second after the last task: a worker that is read idle a second after its last task
-//! (as `make bench` does) is seen trimmed. A trim took 29–76 µs after a burst, and a
-//! worker busy at least once every quarter second never trims.
+//! (as `make bench` does) is seen trimmed. A worker busy at least once every quarter
+//! second never trims.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,13 +40,10 @@ pub async fn return_when_idle(shared: Arc<Shared>) {
     }
 }
 
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn trim() {
-    // SAFETY: malloc_trim only walks glibc's own arenas, under their locks.
+    // SAFETY: mi_collect only walks mimalloc's own heaps, under their own locks; a
+    // program built on another global allocator (the tests) has nothing there to free.
     unsafe {
-        libc::malloc_trim(0);
+        libmimalloc_sys::mi_collect(true);
     }
 }
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn trim() {}
