@@ -4,7 +4,7 @@
 //! stays near its peak. The worker allocates with mimalloc (`main.rs`), whose
 //! `mi_collect(true)` hands back what it holds free: after RabbitMQ drains of 20,000
 //! `math.add`, the idle worker sat at 29.3 MiB with it and 32.9 without (medians of 3,
-//! 2026-12-06). With glibc's allocator, `malloc_trim` did the same (33.7–34.4 → 30.0–31.1
+//! 2026-12-05). With glibc's allocator, `malloc_trim` did the same (33.7–34.4 → 30.0–31.1
 //! MiB, 2026-12-05). Most of the rest is the executable's own pages.
 //!
 //! The check runs four times a second, so memory goes back between a quarter and half a
