@@ -304,7 +304,7 @@ impl<S: Store> Broker for VirtualBroker<S> {
         Ok(out)
     }
     async fn ack(&self, delivery: &Delivery) -> Result<(), BrokerError> {
-        // Acks, hand-backs and parking wait for the lease: let it be written.
+        // Acks, hand-backs and parking wait for the message's deferred record: let it go.
         delivery.release_deferred_writes();
         let reserved = self.release(delivery.tag)?;
         self.acks.submit(reserved.store_tag).await.map_err(BrokerError::shared)

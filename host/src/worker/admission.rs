@@ -213,6 +213,7 @@ impl Gate {
         let _all = self.reserved.acquire_many(capacity as u32).await;
     }
 }
+
 /// Reservations taken out of the current capacity.
 fn held(capacity: &AtomicUsize, reserved: &Semaphore) -> usize {
     capacity
