@@ -22,6 +22,7 @@ use super::chord::{ChordCounting, ChordJoin, ChordPart};
 use super::rpc_chord::RpcChords;
 use super::{BackendError, ResultBackend};
 use crate::broker::amqp::AmqpBroker;
+use crate::broker::amqp_connect::CELERY_FRAME_MAX;
 use crate::broker::Broker;
 use crate::config::redact;
 use crate::protocol::{DeliveryInfo, Message, Properties, TaskResult};
@@ -62,7 +63,7 @@ impl RpcBackend {
     async fn replies(&self) -> Result<&Replies, BackendError> {
         self.replies
             .get_or_try_init(|| async {
-                let connection = crate::broker::amqp_connect::connect(&self.url)
+                let connection = crate::broker::amqp_connect::connect(&self.url, CELERY_FRAME_MAX)
                     .await
                     .map_err(|e| BackendError::Connection(format!("cannot connect to {}: {e}", redact(&self.url))))?;
                 let channel = connection.create_channel().await.map_err(op)?;

@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 
 use super::chord::{ChordEntry, ChordJoin, ChordPart};
 use super::BackendError;
+use crate::broker::amqp_connect::CELERY_FRAME_MAX;
 use crate::config::redact;
 use crate::protocol::State;
 
@@ -63,7 +64,7 @@ impl RpcChords {
     async fn channel(&self) -> Result<Channel, BackendError> {
         let mut connection = self.connection.lock().await;
         if !connection.as_ref().is_some_and(|c| c.status().connected()) {
-            let fresh = crate::broker::amqp_connect::connect(&self.url)
+            let fresh = crate::broker::amqp_connect::connect(&self.url, CELERY_FRAME_MAX)
                 .await
                 .map_err(|e| BackendError::Connection(format!("cannot connect to {}: {e}", redact(&self.url))))?;
             *connection = Some(fresh);

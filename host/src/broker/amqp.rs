@@ -32,7 +32,7 @@ use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use tokio::sync::{mpsc, Mutex};
 
 use super::amqp_acks::{AckLedger, SINGLE_ACK_HOLD};
-use super::amqp_connect;
+use super::amqp_connect::{self, FrameMax, FIRST_FRAME_MAX};
 use super::amqp_parking::DelayQueues;
 use super::{Broker, BrokerError, Delivery, Window};
 use crate::batch::{Batcher, Linger};
@@ -154,10 +154,27 @@ pub struct AmqpBroker {
     ack_batcher: Batcher<Held, BrokerError>,
     /// Where messages with a far-off ETA wait (`amqp_parking`).
     pub(super) delay_queues: DelayQueues,
+    /// The frame size the next connection asks for (`amqp_connect`).
+    frame_max: Arc<FrameMax>,
 }
 
 pub(super) fn op(err: lapin::Error) -> BrokerError {
     BrokerError::Operation(format!("amqp: {err}"))
+}
+
+/// How long RabbitMQ gets to answer the steps that hold the live connection.
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
+/// `step`, failed if RabbitMQ has not answered within [`ANSWER_WITHIN`]. lapin leaves a
+/// request unanswered when the connection dies under it (seen: a channel opened just as
+/// the connection closed on a frame too large), and a step that holds the live
+/// connection must not wait forever: the next operation reconnects.
+async fn answered<T>(step: &str, work: impl Future<Output = Result<T, BrokerError>>) -> Result<T, BrokerError> {
+    tokio::time::timeout(ANSWER_WITHIN, work).await.unwrap_or_else(|_| {
+        Err(BrokerError::Operation(format!(
+            "amqp: no answer from RabbitMQ in {ANSWER_WITHIN:?} while {step}"
+        )))
+    })
 }
 
 impl AmqpBroker {
@@ -187,6 +204,7 @@ impl AmqpBroker {
             acks,
             ack_batcher,
             delay_queues: DelayQueues::default(),
+            frame_max: Arc::new(FrameMax::starting_at(FIRST_FRAME_MAX)),
         };
         broker
             .channel()
@@ -208,7 +226,17 @@ impl AmqpBroker {
             }
             tracing::warn!(url = %redact(&self.url), "AMQP connection lost; reconnecting");
         }
-        let connection = amqp_connect::connect(&self.url).await.map_err(op)?;
+        let fresh = answered("reconnecting", self.open_live()).await?;
+        let channel = fresh.channel.clone();
+        *live = Some(fresh);
+        Ok(channel)
+    }
+
+    /// A new connection and channel, consuming what the worker consumes.
+    async fn open_live(&self) -> Result<Live, BrokerError> {
+        let connection = amqp_connect::connect(&self.url, self.frame_max.get())
+            .await
+            .map_err(op)?;
         let channel = connection.create_channel().await.map_err(op)?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -234,11 +262,7 @@ impl AmqpBroker {
             }
             self.consume_on(&channel, &queues, prefetch, generation).await?;
         }
-        *live = Some(Live {
-            connection,
-            channel: channel.clone(),
-        });
-        Ok(channel)
+        Ok(Live { connection, channel })
     }
 
     /// A channel of its own on the broker's connection (re-opened if it died), for remote
@@ -247,7 +271,10 @@ impl AmqpBroker {
         self.channel().await?;
         let live = self.live.lock().await;
         let live = live.as_ref().ok_or(BrokerError::Closed)?;
-        live.connection.create_channel().await.map_err(op)
+        answered("opening a channel", async {
+            live.connection.create_channel().await.map_err(op)
+        })
+        .await
     }
 
     /// Consume `queues` with `prefetch` unacked messages each (RabbitMQ applies
@@ -287,6 +314,7 @@ impl AmqpBroker {
             .insert(queue.to_owned(), consumer.tag().as_str().to_owned());
         let inbox = self.inbox_sender.clone();
         let queue = queue.to_owned();
+        let frame_max = self.frame_max.clone();
         tokio::spawn(async move {
             let mut consumer = consumer;
             while let Some(delivery) = consumer.next().await {
@@ -295,6 +323,12 @@ impl AmqpBroker {
                         if inbox.send((generation, delivery)).is_err() {
                             return;
                         }
+                    }
+                    Err(err) if amqp_connect::is_frame_too_large(&err) => {
+                        let next = frame_max.raise();
+                        tracing::warn!(queue = %queue, error = %err, frame_max = next,
+                            "a message's headers did not fit in one frame; reconnecting with larger frames (0: the server's largest)");
+                        return;
                     }
                     Err(err) => {
                         tracing::warn!(queue = %queue, error = %err, "AMQP consumer stopped");
@@ -484,18 +518,21 @@ impl Broker for AmqpBroker {
         let Some(channel) = live.as_ref().map(|l| l.channel.clone()) else {
             return Ok(());
         };
-        let tags: Vec<String> = self.consumer_tags().drain().map(|(_, tag)| tag).collect();
-        for tag in tags {
-            channel
-                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                .await
-                .map_err(op)?;
-        }
-        if fair {
-            self.hand_back_waiting().await;
-        }
-        let generation = lock(&self.acks).generation;
-        self.consume_on(&channel, &queues, size, generation).await
+        answered("resizing the prefetch window", async {
+            let tags: Vec<String> = self.consumer_tags().drain().map(|(_, tag)| tag).collect();
+            for tag in tags {
+                channel
+                    .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                    .await
+                    .map_err(op)?;
+            }
+            if fair {
+                self.hand_back_waiting().await;
+            }
+            let generation = lock(&self.acks).generation;
+            self.consume_on(&channel, &queues, size, generation).await
+        })
+        .await
     }
 
     async fn cancel_queue(&self, queue: &str) -> Result<(), BrokerError> {
