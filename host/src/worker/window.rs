@@ -30,8 +30,14 @@ use crate::broker::Window;
 /// here, 16 ran 10–12.6k tasks/s against 7.4–7.9k with 4.
 pub const DEFAULT_PREFETCH_MULTIPLIER: usize = 16;
 
-/// The widest window per slot, for tasks of a few microseconds.
-pub const MAX_AHEAD_PER_SLOT: usize = 128;
+/// The widest window per slot, for tasks of a few microseconds. Wider than what the
+/// worker admits at once ([`ADMITTED_AHEAD_PER_SLOT`]): the rest waits in the worker as
+/// delivered messages, which carries the worker through the pauses RabbitMQ takes in
+/// delivering from a queue of tens of thousands of messages.
+pub const MAX_AHEAD_PER_SLOT: usize = 512;
+
+/// Messages per slot the worker admits (reserves) at once where the broker sends ahead.
+pub const ADMITTED_AHEAD_PER_SLOT: usize = 128;
 
 /// About how much work each executor may have waiting in the worker.
 const AHEAD_HORIZON: Duration = Duration::from_millis(50);
@@ -43,12 +49,12 @@ const AHEAD_BYTES: u64 = 16 << 20;
 /// How often the window is checked against the tasks at hand.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
 
-/// Reservations per slot: the user's multiplier, else enough for the widest window where
+/// Reservations per slot: the user's multiplier, else [`ADMITTED_AHEAD_PER_SLOT`] where
 /// the broker sends ahead (the window bounds what is held there).
 pub fn reservations_per_slot(multiplier: Option<usize>, sends_ahead: bool) -> usize {
     match multiplier {
         Some(multiplier) => multiplier.max(1),
-        None if sends_ahead => MAX_AHEAD_PER_SLOT,
+        None if sends_ahead => ADMITTED_AHEAD_PER_SLOT,
         None => DEFAULT_PREFETCH_MULTIPLIER,
     }
 }
@@ -196,7 +202,7 @@ mod tests {
     fn the_window_follows_the_tasks_and_shrinks_only_on_a_fourfold_change() {
         let gate = Gate::new(2, 256);
         let ahead = |micros: u64, given| wanted(&gate, &load(Duration::from_micros(micros), 1_000), None, given);
-        assert_eq!(ahead(30, Window::Ahead(32)), Window::Ahead(256));
+        assert_eq!(ahead(30, Window::Ahead(32)), Window::Ahead(1024));
         assert_eq!(ahead(600, Window::Ahead(256)), Window::Ahead(256)); // 128 is only half
         assert_eq!(ahead(1_000, Window::Ahead(256)), Window::Ahead(64));
         assert_eq!(ahead(1_000, Window::Fair(0)), Window::Ahead(64));
@@ -220,8 +226,8 @@ mod tests {
     }
 
     #[test]
-    fn reservations_cover_the_widest_window_only_where_the_broker_sends_ahead() {
-        assert_eq!(reservations_per_slot(None, true), MAX_AHEAD_PER_SLOT);
+    fn reservations_per_slot_are_the_multiplier_or_what_the_broker_calls_for() {
+        assert_eq!(reservations_per_slot(None, true), ADMITTED_AHEAD_PER_SLOT);
         assert_eq!(reservations_per_slot(None, false), DEFAULT_PREFETCH_MULTIPLIER);
         assert_eq!(reservations_per_slot(Some(4), true), 4);
         assert_eq!(reservations_per_slot(Some(0), false), 1);
