@@ -314,7 +314,9 @@ impl AmqpBroker {
             .insert(queue.to_owned(), consumer.tag().as_str().to_owned());
         let inbox = self.inbox_sender.clone();
         let queue = queue.to_owned();
-        let frame_max = self.frame_max.clone();
+        // The size this connection asked for: it changes only after a frame too large,
+        // which also ends the connection and this consumer.
+        let (frame_max, asked) = (self.frame_max.clone(), self.frame_max.get());
         tokio::spawn(async move {
             let mut consumer = consumer;
             while let Some(delivery) = consumer.next().await {
@@ -325,7 +327,7 @@ impl AmqpBroker {
                         }
                     }
                     Err(err) if amqp_connect::is_frame_too_large(&err) => {
-                        let next = frame_max.raise();
+                        let next = frame_max.raise_from(asked);
                         tracing::warn!(queue = %queue, error = %err, frame_max = next,
                             "a message's headers did not fit in one frame; reconnecting with larger frames (0: the server's largest)");
                         return;

@@ -43,16 +43,20 @@ impl FrameMax {
         self.0.load(Ordering::Relaxed)
     }
 
-    /// A frame did not fit: ask for Celery's size next, and past that for the server's
-    /// own maximum. Returns the size the next connection asks for (0: the server's).
-    pub fn raise(&self) -> u32 {
-        let next = match self.get() {
+    /// A frame did not fit on a connection that asked for `asked`: ask for Celery's size
+    /// next, and past that for the server's own maximum. A second report from the same
+    /// connection (one per consumer) changes nothing. Returns the size the next connection
+    /// asks for (0: the server's).
+    pub fn raise_from(&self, asked: u32) -> u32 {
+        let next = match asked {
             SERVERS_FRAME_MAX => SERVERS_FRAME_MAX,
             size if size < CELERY_FRAME_MAX => CELERY_FRAME_MAX,
             _ => SERVERS_FRAME_MAX,
         };
-        self.0.store(next, Ordering::Relaxed);
-        next
+        match self.0.compare_exchange(asked, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => next,
+            Err(already) => already,
+        }
     }
 }
 
@@ -90,11 +94,12 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_too_large_raises_the_size_to_celerys_then_to_the_servers() {
+    fn a_frame_too_large_raises_the_size_to_celerys_then_to_the_servers_once_per_connection() {
         let frame_max = FrameMax::starting_at(FIRST_FRAME_MAX);
-        assert_eq!(frame_max.raise(), CELERY_FRAME_MAX);
+        assert_eq!(frame_max.raise_from(FIRST_FRAME_MAX), CELERY_FRAME_MAX);
+        assert_eq!(frame_max.raise_from(FIRST_FRAME_MAX), CELERY_FRAME_MAX, "a second consumer's report");
         assert_eq!(frame_max.get(), CELERY_FRAME_MAX);
-        assert_eq!(frame_max.raise(), SERVERS_FRAME_MAX);
-        assert_eq!(frame_max.raise(), SERVERS_FRAME_MAX);
+        assert_eq!(frame_max.raise_from(CELERY_FRAME_MAX), SERVERS_FRAME_MAX);
+        assert_eq!(frame_max.raise_from(SERVERS_FRAME_MAX), SERVERS_FRAME_MAX);
     }
 }
