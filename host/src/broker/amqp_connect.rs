@@ -53,7 +53,10 @@ impl FrameMax {
             size if size < CELERY_FRAME_MAX => CELERY_FRAME_MAX,
             _ => SERVERS_FRAME_MAX,
         };
-        match self.0.compare_exchange(asked, next, Ordering::Relaxed, Ordering::Relaxed) {
+        match self
+            .0
+            .compare_exchange(asked, next, Ordering::Relaxed, Ordering::Relaxed)
+        {
             Ok(_) => next,
             Err(already) => already,
         }
@@ -97,7 +100,11 @@ mod tests {
     fn a_frame_too_large_raises_the_size_to_celerys_then_to_the_servers_once_per_connection() {
         let frame_max = FrameMax::starting_at(FIRST_FRAME_MAX);
         assert_eq!(frame_max.raise_from(FIRST_FRAME_MAX), CELERY_FRAME_MAX);
-        assert_eq!(frame_max.raise_from(FIRST_FRAME_MAX), CELERY_FRAME_MAX, "a second consumer's report");
+        assert_eq!(
+            frame_max.raise_from(FIRST_FRAME_MAX),
+            CELERY_FRAME_MAX,
+            "a second consumer's report"
+        );
         assert_eq!(frame_max.get(), CELERY_FRAME_MAX);
         assert_eq!(frame_max.raise_from(CELERY_FRAME_MAX), SERVERS_FRAME_MAX);
         assert_eq!(frame_max.raise_from(SERVERS_FRAME_MAX), SERVERS_FRAME_MAX);
