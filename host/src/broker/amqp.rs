@@ -165,16 +165,34 @@ pub(super) fn op(err: lapin::Error) -> BrokerError {
 /// How long RabbitMQ gets to answer the steps that hold the live connection.
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
-/// `step`, failed if RabbitMQ has not answered within [`ANSWER_WITHIN`]. lapin leaves a
-/// request unanswered when the connection dies under it (seen: a channel opened just as
-/// the connection closed on a frame too large), and a step that holds the live
-/// connection must not wait forever: the next operation reconnects.
-async fn answered<T>(step: &str, work: impl Future<Output = Result<T, BrokerError>>) -> Result<T, BrokerError> {
-    tokio::time::timeout(ANSWER_WITHIN, work).await.unwrap_or_else(|_| {
-        Err(BrokerError::Operation(format!(
+/// How often a step waiting on an answer looks whether its connection is still up.
+const WATCH_CONNECTION_EVERY: Duration = Duration::from_millis(50);
+
+/// `step`, failed if `connection` (when it has one yet) closes first, or if RabbitMQ has not
+/// answered within [`ANSWER_WITHIN`]. lapin leaves a request unanswered when the connection
+/// dies under it (seen: a channel opened just as the connection closed on a frame too
+/// large), and a step that holds the live connection must not wait on it: the next
+/// operation reconnects.
+async fn answered<T>(
+    step: &str,
+    connection: Option<&Connection>,
+    work: impl Future<Output = Result<T, BrokerError>>,
+) -> Result<T, BrokerError> {
+    let closed = async {
+        loop {
+            tokio::time::sleep(WATCH_CONNECTION_EVERY).await;
+            if connection.is_some_and(|c| !c.status().connected()) {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        result = work => result,
+        () = closed => Err(BrokerError::Operation(format!("amqp: the connection closed while {step}"))),
+        () = tokio::time::sleep(ANSWER_WITHIN) => Err(BrokerError::Operation(format!(
             "amqp: no answer from RabbitMQ in {ANSWER_WITHIN:?} while {step}"
-        )))
-    })
+        ))),
+    }
 }
 
 impl AmqpBroker {
@@ -226,7 +244,7 @@ impl AmqpBroker {
             }
             tracing::warn!(url = %redact(&self.url), "AMQP connection lost; reconnecting");
         }
-        let fresh = answered("reconnecting", self.open_live()).await?;
+        let fresh = answered("reconnecting", None, self.open_live()).await?;
         let channel = fresh.channel.clone();
         *live = Some(fresh);
         Ok(channel)
@@ -271,7 +289,7 @@ impl AmqpBroker {
         self.channel().await?;
         let live = self.live.lock().await;
         let live = live.as_ref().ok_or(BrokerError::Closed)?;
-        answered("opening a channel", async {
+        answered("opening a channel", Some(&live.connection), async {
             live.connection.create_channel().await.map_err(op)
         })
         .await
@@ -327,9 +345,11 @@ impl AmqpBroker {
                         }
                     }
                     Err(err) if amqp_connect::is_frame_too_large(&err) => {
-                        let next = frame_max.raise_from(asked);
-                        tracing::warn!(queue = %queue, error = %err, frame_max = next,
-                            "a message's headers did not fit in one frame; reconnecting with larger frames (0: the server's largest)");
+                        // Each consumer on the connection reports it; the first one raises.
+                        if let Some(next) = frame_max.raise_from(asked) {
+                            tracing::warn!(queue = %queue, error = %err, frame_max = next,
+                                "a message's headers did not fit in one frame; reconnecting with larger frames (0: the server's largest)");
+                        }
                         return;
                     }
                     Err(err) => {
@@ -517,10 +537,10 @@ impl Broker for AmqpBroker {
         };
         let live = self.live.lock().await;
         // Without a live channel, the next one is consumed with the new window.
-        let Some(channel) = live.as_ref().map(|l| l.channel.clone()) else {
+        let Some(Live { connection, channel }) = live.as_ref() else {
             return Ok(());
         };
-        answered("resizing the prefetch window", async {
+        answered("resizing the prefetch window", Some(connection), async {
             let tags: Vec<String> = self.consumer_tags().drain().map(|(_, tag)| tag).collect();
             for tag in tags {
                 channel
@@ -532,7 +552,7 @@ impl Broker for AmqpBroker {
                 self.hand_back_waiting().await;
             }
             let generation = lock(&self.acks).generation;
-            self.consume_on(&channel, &queues, size, generation).await
+            self.consume_on(channel, &queues, size, generation).await
         })
         .await
     }

@@ -44,22 +44,18 @@ impl FrameMax {
     }
 
     /// A frame did not fit on a connection that asked for `asked`: ask for Celery's size
-    /// next, and past that for the server's own maximum. A second report from the same
-    /// connection (one per consumer) changes nothing. Returns the size the next connection
-    /// asks for (0: the server's).
-    pub fn raise_from(&self, asked: u32) -> u32 {
+    /// next, and past that for the server's own maximum. Returns the size the next
+    /// connection asks for (0: the server's), or `None` if another report from the same
+    /// connection (one per consumer) raised it already.
+    pub fn raise_from(&self, asked: u32) -> Option<u32> {
         let next = match asked {
-            SERVERS_FRAME_MAX => SERVERS_FRAME_MAX,
-            size if size < CELERY_FRAME_MAX => CELERY_FRAME_MAX,
+            size if size != SERVERS_FRAME_MAX && size < CELERY_FRAME_MAX => CELERY_FRAME_MAX,
             _ => SERVERS_FRAME_MAX,
         };
-        match self
-            .0
+        self.0
             .compare_exchange(asked, next, Ordering::Relaxed, Ordering::Relaxed)
-        {
-            Ok(_) => next,
-            Err(already) => already,
-        }
+            .ok()
+            .map(|_| next)
     }
 }
 
@@ -99,14 +95,15 @@ mod tests {
     #[test]
     fn a_frame_too_large_raises_the_size_to_celerys_then_to_the_servers_once_per_connection() {
         let frame_max = FrameMax::starting_at(FIRST_FRAME_MAX);
-        assert_eq!(frame_max.raise_from(FIRST_FRAME_MAX), CELERY_FRAME_MAX);
+        assert_eq!(frame_max.raise_from(FIRST_FRAME_MAX), Some(CELERY_FRAME_MAX));
         assert_eq!(
             frame_max.raise_from(FIRST_FRAME_MAX),
-            CELERY_FRAME_MAX,
+            None,
             "a second consumer's report"
         );
         assert_eq!(frame_max.get(), CELERY_FRAME_MAX);
-        assert_eq!(frame_max.raise_from(CELERY_FRAME_MAX), SERVERS_FRAME_MAX);
-        assert_eq!(frame_max.raise_from(SERVERS_FRAME_MAX), SERVERS_FRAME_MAX);
+        assert_eq!(frame_max.raise_from(CELERY_FRAME_MAX), Some(SERVERS_FRAME_MAX));
+        assert_eq!(frame_max.raise_from(SERVERS_FRAME_MAX), Some(SERVERS_FRAME_MAX));
+        assert_eq!(frame_max.get(), SERVERS_FRAME_MAX);
     }
 }
