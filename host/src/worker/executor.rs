@@ -6,13 +6,19 @@
 //! one at once, without a round trip through the async runtime. A job has a latest moment
 //! to start: if no thread has taken it up by then (it waits behind long tasks), the caller
 //! withdraws it and can return its message to the broker for an idle worker.
+//!
+//! Outcomes come back through one relay task on the async runtime, not straight to each
+//! waiting task. Waking the runtime from another thread writes its eventfd every time;
+//! the relay is woken only when it has run out of outcomes, so under load one wake
+//! carries many, and the relay hands each on with a same-thread wake, which costs no
+//! system call.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::protocol::ExceptionInfo;
 use crate::runtime::{Invocation, Outcome, PluginVersion, Runtime, Usage};
@@ -31,9 +37,16 @@ struct Job {
     reply: oneshot::Sender<Ran>,
 }
 
+/// An outcome on its way to the task that waits for it.
+type Finished = (oneshot::Sender<Ran>, Ran);
+
+/// Outcomes relayed per wake, at most (the relay yields between batches).
+const RELAY_BATCH: usize = 64;
+
 pub struct ExecutorPool {
     jobs: crossbeam_channel::Sender<Job>,
     queue: crossbeam_channel::Receiver<Job>,
+    finished: mpsc::UnboundedSender<Finished>,
     runtime: Arc<Runtime>,
     threads: AtomicUsize,
     /// Threads asked to stop (`pool_shrink`); each leaves before its next job.
@@ -41,12 +54,16 @@ pub struct ExecutorPool {
 }
 
 impl ExecutorPool {
-    /// Start `slots` threads running tasks on `runtime`.
+    /// Start `slots` threads running tasks on `runtime`, and the relay of their outcomes
+    /// on the calling async runtime.
     pub fn start(runtime: Arc<Runtime>, slots: usize) -> std::io::Result<ExecutorPool> {
         let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
+        let (finished, outcomes) = mpsc::unbounded_channel();
+        tokio::spawn(relay(outcomes));
         let pool = ExecutorPool {
             jobs,
             queue,
+            finished,
             runtime,
             threads: AtomicUsize::new(0),
             retiring: Arc::new(AtomicUsize::new(0)),
@@ -59,7 +76,7 @@ impl ExecutorPool {
     pub fn grow(&self, n: usize) -> std::io::Result<()> {
         for _ in 0..n {
             let index = self.threads.fetch_add(1, Ordering::Relaxed);
-            let (queue, jobs) = (self.queue.clone(), self.jobs.clone());
+            let (queue, jobs, finished) = (self.queue.clone(), self.jobs.clone(), self.finished.clone());
             let (runtime, retiring) = (self.runtime.clone(), self.retiring.clone());
             std::thread::Builder::new()
                 .name(format!("celeriac-exec-{index}"))
@@ -80,8 +97,9 @@ impl ExecutorPool {
                         let (outcome, usage) = std::panic::catch_unwind(AssertUnwindSafe(run))
                             .unwrap_or_else(|panic| (host_bug(panic.as_ref()), Usage::default()));
                         let ran = Ran { outcome, usage };
-                        // The waiting side may have gone away (hard shutdown); nothing to do.
-                        let _ = job.reply.send(ran);
+                        // The relay may be gone (the runtime shut down hard): so is the
+                        // waiting side, and there is nothing to do.
+                        let _ = finished.send((job.reply, ran));
                         // With nothing queued, the next task of this plugin then finds its
                         // instance ready; a queued job goes first.
                         if queue.is_empty() {
@@ -124,6 +142,17 @@ impl ExecutorPool {
             Some(outcome.await.unwrap_or_else(lost)) // started just in time
         } else {
             None
+        }
+    }
+}
+
+/// Hand each outcome to the task waiting for it, on this runtime's thread.
+async fn relay(mut outcomes: mpsc::UnboundedReceiver<Finished>) {
+    let mut batch = Vec::with_capacity(RELAY_BATCH);
+    while outcomes.recv_many(&mut batch, RELAY_BATCH).await > 0 {
+        for (reply, ran) in batch.drain(..) {
+            // The waiting side may have gone away (hard shutdown); nothing to do.
+            let _ = reply.send(ran);
         }
     }
 }
