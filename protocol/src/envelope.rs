@@ -89,14 +89,12 @@ fn presized_headers<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option
     deserializer.deserialize_option(Headers)
 }
 
-/// The properties a decoded message or a [`DeliveryStamp`] uses, each as whatever JSON
+/// The properties a decoded message uses, each as whatever JSON
 /// came, so an odd type reads as absent rather than failing the message; the rest are
 /// skipped unbuilt (a map of them cost ~10k instructions a message on a Redis drain,
 /// measured with callgrind).
 #[derive(Default, Deserialize)]
 struct ReadProperties {
-    #[serde(default)]
-    delivery_tag: Option<Value>,
     #[serde(default)]
     body_encoding: Option<Value>,
     #[serde(default)]
@@ -205,46 +203,6 @@ impl Message {
     }
 }
 
-/// What a broker needs to book a taken envelope before decoding it: the `delivery_tag`
-/// its publisher gave it and where it was published.
-#[derive(Debug, PartialEq, Eq)]
-pub struct DeliveryStamp {
-    pub tag: String,
-    pub exchange: Option<String>,
-    pub routing_key: Option<String>,
-}
-
-/// Only the properties of an envelope; serde skips its headers and body without building
-/// them, which a parse into `Value` would (as costly again as decoding the message).
-#[derive(Deserialize)]
-struct StampEnvelope {
-    #[serde(default)]
-    properties: Option<ReadProperties>,
-}
-
-impl DeliveryStamp {
-    /// The stamp of kombu's JSON envelope; `None` if the text is not one or carries no
-    /// string `delivery_tag`. Non-string `exchange` / `routing_key` read as absent.
-    pub fn of_envelope_json(text: &str) -> Option<DeliveryStamp> {
-        let properties = serde_json::from_str::<StampEnvelope>(text).ok()?.properties?;
-        let Some(Value::String(tag)) = properties.delivery_tag else {
-            return None;
-        };
-        let info = properties.delivery_info;
-        let field = |name: &str| {
-            info.as_ref()
-                .and_then(|i| i.get(name))
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        };
-        Some(DeliveryStamp {
-            tag,
-            exchange: field("exchange"),
-            routing_key: field("routing_key"),
-        })
-    }
-}
-
 fn non_empty_string(value: Option<Value>) -> Option<String> {
     match value {
         Some(Value::String(s)) if !s.is_empty() => Some(s),
@@ -290,35 +248,6 @@ mod tests {
         assert_eq!(decoded.headers, message.headers);
         assert_eq!(decoded.properties.priority, 3);
         assert_eq!(decoded.properties.delivery_info.routing_key, "celery");
-    }
-
-    #[test]
-    fn stamp_is_read_without_decoding() {
-        let mut message = Message::json(&serde_json::json!([[1], {}, {}]), Map::new(), "tasks", "high", 2);
-        message.headers.insert("task".into(), "math.add".into());
-        let text = message.to_envelope_json();
-        let stamp = DeliveryStamp::of_envelope_json(&text).unwrap();
-        let envelope: Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(stamp.tag, envelope["properties"]["delivery_tag"].as_str().unwrap());
-        assert_eq!(stamp.exchange.as_deref(), Some("tasks"));
-        assert_eq!(stamp.routing_key.as_deref(), Some("high"));
-
-        let no_info = r#"{"body": "", "properties": {"delivery_tag": "t", "delivery_info": 7}}"#;
-        let stamp = DeliveryStamp::of_envelope_json(no_info).unwrap();
-        assert_eq!(
-            (stamp.tag.as_str(), stamp.exchange, stamp.routing_key),
-            ("t", None, None)
-        );
-        for text in [
-            "",
-            "[]",
-            "{}",
-            r#"{"properties": "x"}"#,
-            r#"{"properties": {"delivery_tag": 5}}"#,
-            r#"{"properties": {"delivery_info": {}}}"#,
-        ] {
-            assert_eq!(DeliveryStamp::of_envelope_json(text), None, "{text}");
-        }
     }
 
     #[test]

@@ -9,6 +9,6 @@ pub mod result;
 pub mod task;
 pub mod time;
 
-pub use envelope::{DeliveryInfo, DeliveryStamp, Message, Properties};
+pub use envelope::{DeliveryInfo, Message, Properties};
 pub use result::{ExceptionInfo, State, TaskResult};
 pub use task::{Embed, ProtocolError, TaskRequest};

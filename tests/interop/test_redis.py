@@ -54,6 +54,30 @@ def test_a_killed_worker_loses_nothing(db, make_worker):
     assert redis.Redis(REDIS_HOST, REDIS_PORT, db=db).hlen("unacked") == 0
 
 
+def test_kombus_own_sweeper_restores_what_a_killed_worker_held(db, make_worker):
+    """Celeriac records a message under a tag of its own; a Python worker's sweep (kombu's
+    `restore_visible`) reads that record as its own and puts the message back as published."""
+    first = make_worker(url(db), url(db))
+    app = celery_app(url(db), url(db))
+    client = redis.Redis(REDIS_HOST, REDIS_PORT, db=db)
+    result = app.send_task("math.spin", (3000,))
+    assert eventually(lambda: client.hlen("unacked") == 1), first.log()
+    [entry] = client.hvals("unacked")
+    taken = json.loads(entry)[0]
+    first.kill()
+    time.sleep(1.5)
+    with app.connection_for_write() as connection:
+        connection.transport_options["visibility_timeout"] = 1
+        connection.default_channel.qos.restore_visible()
+    assert client.hlen("unacked") == 0
+    [restored] = [json.loads(m) for m in client.lrange("celery", 0, -1)]
+    assert restored["headers"]["redelivered"] is True
+    assert restored["properties"]["delivery_tag"] == taken["properties"]["delivery_tag"]
+    assert restored["body"] == taken["body"]
+    make_worker(url(db), url(db))
+    assert result.get(timeout=TIMEOUT) == 3000
+
+
 def test_a_task_an_idle_worker_took_is_recorded_while_it_runs(db, make_worker):
     """An idle worker takes a message by BRPOP and starts its task while the unacked
     record is written; the record must land all the same, so a kill loses nothing."""

@@ -4,7 +4,9 @@
 //!   publish, BRPOP to consume, lower step served first (kombu's order, not AMQP's);
 //! - a taken message is recorded in the `unacked` hash (`[envelope, exchange,
 //!   routing_key]`) and the `unacked_index` sorted set (score = time taken), removed on
-//!   ack, and pushed back by whoever finds it older than `visibility_timeout`;
+//!   ack, and pushed back by whoever finds it older than `visibility_timeout`. kombu keys
+//!   the record by the publisher's `delivery_tag`; this worker by a tag of its own, with
+//!   no exchange and the queue as routing key, which any sweeper reads the same way;
 //! - `_kombu.binding.<exchange>` sets name the queues bound to an exchange;
 //! - fanout is PUBLISH on `/<db>.<exchange>/<routing_key>`;
 //! - `global_keyprefix` prefixes every key and channel.
@@ -14,6 +16,7 @@
 //! any sweeper, Python's included (kombu issue 337).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -27,7 +30,6 @@ use super::virtual_transport::{Store, StoreTag, Taken};
 use super::{BrokerError, DeferredWrites};
 use crate::config::redact;
 use crate::protocol::time::unix_now;
-use crate::protocol::DeliveryStamp;
 
 /// kombu's separator between a queue name and its priority step.
 pub const SEP: &str = "\x06\x16";
@@ -38,37 +40,37 @@ const MUTEX_EXPIRE_MS: u64 = 300_000;
 /// Messages restored per sweep, as kombu's `unacked_restore_limit`-less default batch.
 const RESTORE_BATCH: isize = 1000;
 
-/// Take up to ARGV[1] messages and record each as unacked under its publisher's
-/// `delivery_tag`, all in one step: nothing is lost between the pop and the record.
+/// Take up to ARGV[1] messages and record each as unacked under a tag of this worker's
+/// making (`<ARGV[5]><n>`), all in one step: nothing is lost between the pop and the record.
 /// KEYS: unacked, unacked_index, then the lists, priority step by step, each step with
 /// one list per queue (ARGV[4] queues). Lower steps are served first; within a step the
 /// queues take turns, one message each, so a batch is shared fairly among them.
-/// ARGV: max, now, max size to inspect, queues per step, then the queue name of each list.
-/// Returns {list, payload, tag} triples; tag is '' for a message that is not a kombu
-/// envelope (the caller rejects it).
+/// ARGV: max, now, max size to record, queues per step, tag prefix, then for each list
+/// the end of its unacked entries (`, "", "<queue>"]`, see [`entry_end`]).
+/// Returns {list, payload, tag} triples; tag is '' for a message that is too large or not
+/// a JSON object (the caller rejects it).
+/// The message is not parsed here: decoding it to find its publisher's tag was over a
+/// third of this script's cost, and a tag of our own cannot collide with a reused one.
 const POP_AND_RECORD: &str = r"
+local space = {[9] = true, [10] = true, [13] = true, [32] = true}
+local function object_like(v)
+  local first, last = 1, #v
+  while first < last and space[string.byte(v, first)] do first = first + 1 end
+  while last > first and space[string.byte(v, last)] do last = last - 1 end
+  return string.byte(v, first) == 123 and string.byte(v, last) == 125
+end
 local out = {}
 local max = tonumber(ARGV[1])
+local max_size = tonumber(ARGV[3])
 local per_step = tonumber(ARGV[4])
 local function take(i)
   local v = redis.call('RPOP', KEYS[i])
   if not v then return false end
-  local queue = ARGV[i + 2]
   local tag = ''
-  if string.len(v) <= tonumber(ARGV[3]) then
-    local ok, m = pcall(cjson.decode, v)
-    if ok and type(m) == 'table' and type(m.properties) == 'table'
-        and type(m.properties.delivery_tag) == 'string' then
-      tag = m.properties.delivery_tag
-      local exchange, routing_key = '', queue
-      local info = m.properties.delivery_info
-      if type(info) == 'table' then
-        if type(info.exchange) == 'string' then exchange = info.exchange end
-        if type(info.routing_key) == 'string' then routing_key = info.routing_key end
-      end
-      redis.call('ZADD', KEYS[2], ARGV[2], tag)
-      redis.call('HSET', KEYS[1], tag, '[' .. v .. ', ' .. cjson.encode(exchange) .. ', ' .. cjson.encode(routing_key) .. ']')
-    end
+  if #v <= max_size and object_like(v) then
+    tag = ARGV[5] .. (#out + 1)
+    redis.call('ZADD', KEYS[2], ARGV[2], tag)
+    redis.call('HSET', KEYS[1], tag, '[' .. v .. ARGV[i + 3])
   end
   out[#out + 1] = {KEYS[i], v, tag}
   return true
@@ -114,8 +116,12 @@ pub struct RedisStore {
     unacked_index: String,
     unacked_mutex: String,
     pop_and_record: Script,
-    /// Messages bigger than this are not parsed in Redis (the caller rejects them).
-    max_inspect: usize,
+    /// Messages bigger than this are not recorded (the caller rejects them unread).
+    max_message_size: usize,
+    /// Unacked tags are `<this><take>:<n>`: unique to this store, whatever the publisher
+    /// put in `delivery_tag`.
+    tag_prefix: String,
+    takes: AtomicU64,
     claim_and_push: Script,
     release_lock: Script,
     parking: RedisParking,
@@ -178,10 +184,12 @@ impl RedisStore {
             unacked_mutex: key("unacked_mutex_key", "unacked_mutex"),
             prefix: prefix.clone(),
             pop_and_record: Script::new(POP_AND_RECORD),
-            max_inspect: options
+            max_message_size: options
                 .get("max_message_size")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(16 << 20),
+            tag_prefix: format!("{}:", uuid::Uuid::new_v4().simple()),
+            takes: AtomicU64::new(0),
             claim_and_push: Script::new(CLAIM_AND_PUSH),
             release_lock: Script::new(RELEASE_LOCK),
             parking: RedisParking::new(&prefix),
@@ -203,19 +211,22 @@ impl RedisStore {
         key.rsplit_once(SEP).map(|(queue, _)| queue).unwrap_or(key).to_owned()
     }
 
-    /// Record a taken message as unacked, under the tag its publisher gave it. The write
-    /// goes on in the background (`redis_recording.rs`) once the returned handle lets it;
-    /// acks and restores wait for it.
+    /// The start of the tags of the next take's messages, each followed by its number.
+    fn next_tag_prefix(&self) -> String {
+        format!("{}{}:", self.tag_prefix, self.takes.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Record a taken message as unacked, as the pop script does. The write goes on in the
+    /// background (`redis_recording.rs`) once the returned handle lets it; acks and
+    /// restores wait for it.
     fn record_unacked(&self, queue: &str, payload: &str) -> (StoreTag, Option<DeferredWrites>) {
-        let Some(stamp) = DeliveryStamp::of_envelope_json(payload) else {
-            // Not a kombu envelope: nothing to record; the virtual layer rejects it.
+        if payload.len() > self.max_message_size || !object_like(payload) {
+            // Nothing to record; the virtual layer rejects it.
             return (untracked_tag(), None);
-        };
-        let tag = stamp.tag;
-        let exchange = stamp.exchange.as_deref().unwrap_or("");
-        let routing_key = stamp.routing_key.as_deref().unwrap_or(queue);
-        // `payload` is a JSON object already, so it embeds as the first element as it is.
-        let entry = format!("[{payload}, {}, {}]", Value::from(exchange), Value::from(routing_key));
+        }
+        let tag = format!("{}1", self.next_tag_prefix());
+        // `payload` looks like a JSON object, so it embeds as the first element as it is.
+        let entry = format!("[{payload}{}", entry_end(queue));
         let mut pipe = redis::pipe();
         pipe.atomic()
             .zadd(&self.unacked_index, &tag, unix_now())
@@ -280,6 +291,21 @@ pub fn fanout_channel(prefix: &str, db: i64, exchange: &str, routing_key: &str) 
     }
 }
 
+/// The end of an `unacked` entry of a message taken from `queue`, after its envelope: no
+/// exchange, and the queue as routing key, so a restore (kombu's too) puts the message
+/// back on the queue it was taken from. (kombu records the message's own exchange and
+/// routing key, and a restore through a fanout exchange would copy it to every queue.)
+fn entry_end(queue: &str) -> String {
+    format!(", \"\", {}]", Value::from(queue))
+}
+
+/// Whether `payload` is, by its first and last characters, a JSON object: the envelope of
+/// an `unacked` entry must be one for a restore to read it.
+fn object_like(payload: &str) -> bool {
+    let payload = payload.trim_matches([' ', '\t', '\n', '\r']);
+    payload.starts_with('{') && payload.ends_with('}')
+}
+
 /// A tag for a message that is not a kombu envelope: nothing is recorded under it.
 fn untracked_tag() -> StoreTag {
     format!("untracked-{}", uuid::Uuid::new_v4())
@@ -331,10 +357,11 @@ impl Store for RedisStore {
             .key(&self.unacked_index)
             .arg(max)
             .arg(unix_now())
-            .arg(self.max_inspect)
-            .arg(queues.len().max(1));
+            .arg(self.max_message_size)
+            .arg(queues.len().max(1))
+            .arg(self.next_tag_prefix());
         for (key, queue) in &lists {
-            invocation.key(key).arg(*queue);
+            invocation.key(key).arg(entry_end(queue));
         }
         let popped: Vec<(String, String, String)> =
             invocation.invoke_async(&mut self.commands.clone()).await.map_err(op)?;
