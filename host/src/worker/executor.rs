@@ -40,7 +40,7 @@ struct Job {
 /// An outcome on its way to the task that waits for it.
 type Finished = (oneshot::Sender<Ran>, Ran);
 
-/// Outcomes relayed per wake, at most (the relay yields between batches).
+/// Outcomes the relay takes off its channel at a time.
 const RELAY_BATCH: usize = 64;
 
 pub struct ExecutorPool {
