@@ -205,3 +205,25 @@ async fn messages_are_recorded_under_tags_of_the_workers_own() {
     }
     t.cleanup().await;
 }
+
+#[tokio::test]
+async fn the_unacked_index_is_a_skiplist_from_the_first_message() {
+    let mut t = Prefixed::new().await;
+    let store = RedisStore::open(URL, &t.options).await.unwrap();
+    let queues = ["celery".to_owned()];
+    store
+        .put("celery", &task("math.add", 0).to_envelope_json(), 0)
+        .await
+        .unwrap();
+    let taken = store.take(&queues, 1, Duration::ZERO).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    // A listpack (short members) would cost every ZADD a scan of the whole set.
+    let encoding: String = redis::cmd("OBJECT")
+        .arg("ENCODING")
+        .arg(format!("{}unacked_index", t.prefix))
+        .query_async(&mut t.conn)
+        .await
+        .unwrap();
+    assert_eq!(encoding, "skiplist");
+    t.cleanup().await;
+}
