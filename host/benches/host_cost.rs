@@ -15,6 +15,11 @@ use celeriac::runtime::{Invocation, Outcome, Runtime};
 use criterion::{criterion_group, criterion_main, Criterion};
 use serde_json::{json, Map, Value};
 
+// The worker's allocator (`main.rs`), so that the figure is the worker's: the first case
+// measured 29.6–33.1 µs with the system allocator, 22.7–26.5 with this one (2026-12-06).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn plugin_dir() -> PathBuf {
     std::env::var_os("CELERIAC_PLUGIN_DIR")
         .map(PathBuf::from)
