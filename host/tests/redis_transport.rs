@@ -224,6 +224,9 @@ async fn the_unacked_index_is_a_skiplist_from_the_first_message() {
         .query_async(&mut t.conn)
         .await
         .unwrap();
-    assert_eq!(encoding, "skiplist");
+    assert_eq!(
+        encoding, "skiplist",
+        "tags are no longer than this Redis' zset-max-listpack-value"
+    );
     t.cleanup().await;
 }

@@ -306,7 +306,6 @@ fn object_like(payload: &str) -> bool {
     payload.starts_with('{') && payload.ends_with('}')
 }
 
-/// A tag for a message that is not a kombu envelope: nothing is recorded under it.
 /// A store's tag prefix: two random UUIDs, so that every tag is longer than Redis'
 /// `zset-max-listpack-value` (64 bytes by default). A sorted set holding such a member is
 /// a skiplist, not a listpack, and ZADD into a listpack scans and re-parses every score
@@ -315,6 +314,7 @@ fn new_tag_prefix() -> String {
     format!("{}{}:", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
 }
 
+/// A tag for a message that is not a kombu envelope: nothing is recorded under it.
 fn untracked_tag() -> StoreTag {
     format!("untracked-{}", uuid::Uuid::new_v4())
 }
