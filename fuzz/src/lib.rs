@@ -2,11 +2,10 @@
 //! panics, and a task the worker would publish again (a retry, a chain step) decodes to
 //! what it encoded.
 
-use celeriac_protocol::{Message, TaskRequest};
-use serde_json::{Map, Value};
+use celeriac_protocol::{Headers, Message, TaskRequest};
 
 /// A JSON message with these headers and body, as any broker hands it over.
-pub fn json_message(headers: Map<String, Value>, body: &[u8]) -> Message {
+pub fn json_message(headers: Headers, body: &[u8]) -> Message {
     Message {
         body: body.to_vec(),
         content_type: "application/json".into(),

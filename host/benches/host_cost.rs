@@ -56,10 +56,9 @@ fn host_cost(c: &mut Criterion) {
             let Outcome::Success(json) = runtime.execute(&plugin, invocation(&request)) else {
                 panic!("math.add failed");
             };
+            // As the worker stores a result (`worker/report.rs`, `backend/redis.rs`).
             let value: Value = serde_json::from_str(&json).expect("result JSON");
-            TaskResult::new(&request.id, State::Success, value)
-                .to_meta()
-                .to_string()
+            TaskResult::new(&request.id, State::Success, value).meta_json()
         })
     });
 

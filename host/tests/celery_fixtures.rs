@@ -79,8 +79,8 @@ fn encoding_matches_celery_byte_for_byte_in_the_body_and_key_for_key_in_headers(
         String::from_utf8(ours.body.clone()).unwrap(),
         String::from_utf8(celery_message.body.clone()).unwrap()
     );
-    let mut our_keys: Vec<&String> = ours.headers.keys().collect();
-    let mut their_keys: Vec<&String> = celery_message.headers.keys().collect();
+    let mut our_keys: Vec<&str> = ours.headers.names().collect();
+    let mut their_keys: Vec<&str> = celery_message.headers.names().collect();
     our_keys.sort();
     their_keys.sort();
     assert_eq!(our_keys, their_keys);
@@ -93,7 +93,7 @@ fn encoding_matches_celery_byte_for_byte_in_the_body_and_key_for_key_in_headers(
         "retries",
         "timelimit",
     ] {
-        assert_eq!(ours.headers[key], celery_message.headers[key], "header {key}");
+        assert_eq!(ours.headers.get(key), celery_message.headers.get(key), "header {key}");
     }
 }
 
@@ -138,9 +138,7 @@ fn reads_the_pickles_celery_writes_and_writes_ones_it_reads_back() {
 fn compressed_messages_are_refused_by_name() {
     for name in ["v2_add", "v1_add"] {
         let (_, mut message, _) = decode(name);
-        message
-            .headers
-            .insert("compression".into(), json!("application/x-gzip"));
+        message.headers.insert("compression", json!("application/x-gzip"));
         assert_eq!(
             TaskRequest::decode(&message),
             Err(ProtocolError::Compression("application/x-gzip".into())),
@@ -170,7 +168,7 @@ fn malformed_messages_are_errors_not_panics() {
         );
     }
     let mut message = good.clone();
-    message.headers.insert("eta".into(), json!("next tuesday"));
+    message.headers.insert("eta", json!("next tuesday"));
     assert!(TaskRequest::decode(&message).is_err());
     let mut message = good;
     message.content_type = "application/x-python-serialize".into();

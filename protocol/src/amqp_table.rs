@@ -2,10 +2,16 @@
 //! signed 64-bit, floats as doubles, strings as long strings and `None` as void.
 
 use amq_protocol_types::{AMQPValue, FieldArray, FieldTable, LongString};
-use serde_json::{Map, Number, Value};
+use serde_json::{Number, Value};
 
-/// AMQP header table → JSON (Celery's headers are JSON-shaped).
-pub fn table_to_json(table: &FieldTable) -> Map<String, Value> {
+use super::headers::Headers;
+
+/// AMQP header table → message headers (Celery's headers are JSON-shaped).
+pub fn table_to_headers(table: &FieldTable) -> Headers {
+    entries_of(table)
+}
+
+fn entries_of<C: FromIterator<(String, Value)>>(table: &FieldTable) -> C {
     table
         .inner()
         .iter()
@@ -35,16 +41,20 @@ fn value_to_json(value: &AMQPValue) -> Value {
         AMQPValue::LongString(s) => Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         AMQPValue::ByteArray(b) => Value::String(String::from_utf8_lossy(b.as_slice()).into_owned()),
         AMQPValue::FieldArray(items) => Value::Array(items.as_slice().iter().map(value_to_json).collect()),
-        AMQPValue::FieldTable(table) => Value::Object(table_to_json(table)),
+        AMQPValue::FieldTable(table) => Value::Object(entries_of(table)),
         AMQPValue::Void => Value::Null,
     }
 }
 
-/// JSON → AMQP header table, with the types py-amqp uses.
-pub fn json_to_table(map: &Map<String, Value>) -> FieldTable {
+/// Message headers → AMQP header table, with the types py-amqp uses.
+pub fn headers_to_table(headers: &Headers) -> FieldTable {
+    table_of(headers.iter())
+}
+
+fn table_of<'a>(entries: impl Iterator<Item = (&'a str, &'a Value)>) -> FieldTable {
     let mut table = FieldTable::default();
-    for (k, v) in map {
-        table.insert(k.as_str().into(), json_to_value(v));
+    for (k, v) in entries {
+        table.insert(k.into(), json_to_value(v));
     }
     table
 }
@@ -61,7 +71,7 @@ fn json_to_value(value: &Value) -> AMQPValue {
         Value::Array(items) => {
             AMQPValue::FieldArray(FieldArray::from(items.iter().map(json_to_value).collect::<Vec<_>>()))
         }
-        Value::Object(map) => AMQPValue::FieldTable(json_to_table(map)),
+        Value::Object(map) => AMQPValue::FieldTable(table_of(map.iter().map(|(k, v)| (k.as_str(), v)))),
     }
 }
 
@@ -73,7 +83,7 @@ mod tests {
     #[test]
     fn celery_headers_survive_the_amqp_table() {
         let headers = json!({"task": "math.add", "retries": 0, "timelimit": [null, 1.5], "stamps": {}, "ignore_result": false, "eta": null});
-        let map = headers.as_object().unwrap().clone();
-        assert_eq!(Value::Object(table_to_json(&json_to_table(&map))), headers);
+        let map = Headers::from(headers.as_object().unwrap().clone());
+        assert_eq!(table_to_headers(&headers_to_table(&map)), map);
     }
 }

@@ -2,10 +2,10 @@
 //! the form every virtual transport (SQLite, Redis, SQS, Zookeeper) stores.
 
 use base64::Engine as _;
-use serde::de::{MapAccess, Visitor};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::headers::Headers;
 use super::task::ProtocolError;
 
 /// Where a message was published: kombu's `delivery_info`.
@@ -33,7 +33,7 @@ pub struct Message {
     pub body: Vec<u8>,
     pub content_type: String,
     pub content_encoding: String,
-    pub headers: Map<String, Value>,
+    pub headers: Headers,
     pub properties: Properties,
 }
 
@@ -46,47 +46,10 @@ struct Envelope<P> {
     content_encoding: Option<String>,
     #[serde(rename = "content-type", default)]
     content_type: Option<String>,
-    #[serde(default, deserialize_with = "presized_headers")]
-    headers: Option<Map<String, Value>>,
+    #[serde(default)]
+    headers: Option<Headers>,
     #[serde(default)]
     properties: Option<P>,
-}
-
-/// Room for the headers a Celery 5 client sends (19), so reading them grows no map.
-const USUAL_HEADERS: usize = 24;
-
-/// The headers map, allocated at its usual size up front: a map grown entry by entry
-/// re-allocates and re-indexes four times on the way to Celery's 19 headers.
-fn presized_headers<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Map<String, Value>>, D::Error> {
-    struct Headers;
-    impl<'de> Visitor<'de> for Headers {
-        type Value = Option<Map<String, Value>>;
-
-        fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
-            formatter.write_str("a map of headers or null")
-        }
-
-        fn visit_none<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-            deserializer.deserialize_map(self)
-        }
-
-        fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
-            let mut headers = Map::with_capacity(access.size_hint().unwrap_or(USUAL_HEADERS));
-            while let Some((key, value)) = access.next_entry::<String, Value>()? {
-                headers.insert(key, value);
-            }
-            Ok(Some(headers))
-        }
-    }
-    deserializer.deserialize_option(Headers)
 }
 
 /// The properties a decoded message uses, each as whatever JSON
@@ -112,13 +75,7 @@ struct ReadProperties {
 impl Message {
     /// A JSON message for `exchange` / `routing_key`, as kombu publishes control requests,
     /// replies and events (`delivery_mode` 1: transient; 2: persistent).
-    pub fn json(
-        body: &Value,
-        headers: Map<String, Value>,
-        exchange: &str,
-        routing_key: &str,
-        delivery_mode: u8,
-    ) -> Message {
+    pub fn json(body: &Value, headers: Headers, exchange: &str, routing_key: &str, delivery_mode: u8) -> Message {
         Message {
             body: body.to_string().into_bytes(),
             content_type: "application/json".into(),
@@ -240,7 +197,7 @@ mod tests {
             content_encoding: "utf-8".into(),
             ..Default::default()
         };
-        message.headers.insert("task".into(), "math.add".into());
+        message.headers.insert("task", "math.add".into());
         message.properties.delivery_info.routing_key = "celery".into();
         message.properties.priority = 3;
         let decoded = Message::from_envelope_json(&message.to_envelope_json()).unwrap();
@@ -257,7 +214,7 @@ mod tests {
         }
         let many: Map<String, Value> = (0..40).map(|i| (format!("h{i}"), Value::from(i))).collect();
         let text = serde_json::json!({"body": "", "headers": many}).to_string();
-        assert_eq!(Message::from_envelope_json(&text).unwrap().headers, many);
+        assert_eq!(Message::from_envelope_json(&text).unwrap().headers, Headers::from(many));
         assert!(Message::from_envelope_json(r#"{"body": "", "headers": [1]}"#).is_err());
     }
 

@@ -4,7 +4,9 @@
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
+use super::body::Body;
 use super::envelope::{DeliveryInfo, Message, Properties};
+use super::headers::Headers;
 use super::repr::{repr, repr_args, write_python_layout};
 use super::time::{parse_iso, to_iso};
 
@@ -81,7 +83,7 @@ pub struct TaskRequest {
 }
 
 /// The headers this host reads, found in one pass over a message's headers (a lookup
-/// each would hash the name again); the ones it does not know are kept as they came, so a
+/// each would scan them again); the ones it does not know are kept as they came, so a
 /// republished message carries them. A `task` header makes the message protocol v2.
 #[derive(Default)]
 struct V2Headers<'a> {
@@ -102,10 +104,10 @@ struct V2Headers<'a> {
 }
 
 impl<'a> V2Headers<'a> {
-    fn read(headers: &'a Map<String, Value>) -> V2Headers<'a> {
+    fn read(headers: &'a Headers) -> V2Headers<'a> {
         let mut found = V2Headers::default();
-        for (name, value) in headers {
-            let slot = match name.as_str() {
+        for (name, value) in headers.iter() {
+            let slot = match name {
                 "compression" => &mut found.compression,
                 "id" => &mut found.id,
                 "task" => &mut found.task,
@@ -128,7 +130,7 @@ impl<'a> V2Headers<'a> {
                 | "stamped_headers"
                 | "stamps" => continue,
                 _ => {
-                    found.unknown.insert(name.clone(), value.clone());
+                    found.unknown.insert(name.to_owned(), value.clone());
                     continue;
                 }
             };
@@ -180,7 +182,7 @@ impl TaskRequest {
         if message.content_type != "application/json" {
             return Err(ProtocolError::ContentType(message.content_type.clone()));
         }
-        let body: Value = serde_json::from_slice(&message.body).map_err(|e| ProtocolError::Body(e.to_string()))?;
+        let body: Body = serde_json::from_slice(&message.body).map_err(|e| ProtocolError::Body(e.to_string()))?;
         if headers.task.is_some() {
             decode_v2(message, headers, body)
         } else {
@@ -190,31 +192,28 @@ impl TaskRequest {
 
     /// Encode as a protocol v2 message with JSON body, the way Celery 5 publishes it.
     pub fn encode(&self) -> Message {
-        let mut headers = Map::new();
-        headers.insert("lang".into(), "py".into());
-        headers.insert("task".into(), self.name.clone().into());
-        headers.insert("id".into(), self.id.clone().into());
-        headers.insert("shadow".into(), Value::Null);
-        headers.insert("eta".into(), self.eta.map(to_iso).into());
-        headers.insert("expires".into(), self.expires.map(to_iso).into());
-        headers.insert("group".into(), self.group.clone().into());
-        headers.insert("group_index".into(), self.group_index.into());
-        headers.insert("retries".into(), self.retries.into());
-        headers.insert("timelimit".into(), json!([self.time_limit.0, self.time_limit.1]));
-        headers.insert("root_id".into(), self.root_id.clone().into());
-        headers.insert("parent_id".into(), self.parent_id.clone().into());
-        headers.insert("argsrepr".into(), repr_args(&self.args).into());
-        headers.insert("kwargsrepr".into(), repr(&Value::Object(self.kwargs.clone())).into());
-        headers.insert(
-            "origin".into(),
-            self.origin.clone().unwrap_or_else(default_origin).into(),
-        );
-        headers.insert("ignore_result".into(), self.ignore_result.into());
-        headers.insert("replaced_task_nesting".into(), 0.into());
-        headers.insert("stamped_headers".into(), Value::Null);
-        headers.insert("stamps".into(), json!({}));
+        let mut headers = Headers::new();
+        headers.insert("lang", "py".into());
+        headers.insert("task", self.name.clone().into());
+        headers.insert("id", self.id.clone().into());
+        headers.insert("shadow", Value::Null);
+        headers.insert("eta", self.eta.map(to_iso).into());
+        headers.insert("expires", self.expires.map(to_iso).into());
+        headers.insert("group", self.group.clone().into());
+        headers.insert("group_index", self.group_index.into());
+        headers.insert("retries", self.retries.into());
+        headers.insert("timelimit", json!([self.time_limit.0, self.time_limit.1]));
+        headers.insert("root_id", self.root_id.clone().into());
+        headers.insert("parent_id", self.parent_id.clone().into());
+        headers.insert("argsrepr", repr_args(&self.args).into());
+        headers.insert("kwargsrepr", repr(&Value::Object(self.kwargs.clone())).into());
+        headers.insert("origin", self.origin.clone().unwrap_or_else(default_origin).into());
+        headers.insert("ignore_result", self.ignore_result.into());
+        headers.insert("replaced_task_nesting", 0.into());
+        headers.insert("stamped_headers", Value::Null);
+        headers.insert("stamps", json!({}));
         for (k, v) in &self.extra_headers {
-            headers.entry(k.clone()).or_insert_with(|| v.clone());
+            headers.insert_if_absent(k, || v.clone());
         }
         let body = json!([self.args, self.kwargs, self.embed.to_value()]);
         Message {
@@ -252,28 +251,21 @@ pub fn python_json(value: &Value) -> String {
     out
 }
 
-fn decode_v2(message: &Message, h: V2Headers<'_>, body: Value) -> Result<TaskRequest, ProtocolError> {
+fn decode_v2(message: &Message, h: V2Headers<'_>, body: Body) -> Result<TaskRequest, ProtocolError> {
     let (args, kwargs, embed) = match body {
-        Value::Array(parts) if parts.len() == 3 => {
-            let mut parts = parts.into_iter();
-            let args = parts.next().unwrap_or_default();
-            let kwargs = parts.next().unwrap_or_default();
-            let embed = parts.next();
-            (args, kwargs, Embed::from_value(embed.as_ref()))
-        }
+        Body::Parts { args, kwargs, embed } => (args, kwargs, embed),
         // A v2 header set with a v1-style body dict ("hybrid"), which Celery accepts.
-        Value::Object(map) => (
+        Body::Other(Value::Object(map)) => (
             map.get("args").cloned().unwrap_or(json!([])),
             map.get("kwargs").cloned().unwrap_or(json!({})),
             Embed::from_value(Some(&Value::Object(map))),
         ),
-        Value::Array(parts) => {
+        Body::Array(length) => {
             return Err(ProtocolError::Format(format!(
-                "body must be [args, kwargs, embed], got an array of {}",
-                parts.len()
+                "body must be [args, kwargs, embed], got an array of {length}"
             )))
         }
-        other => return Err(ProtocolError::Format(format!("body must be an array, got {other}"))),
+        Body::Other(other) => return Err(ProtocolError::Format(format!("body must be an array, got {other}"))),
     };
     let id = text(h.id).ok_or_else(|| ProtocolError::Format("missing `id` header".into()))?;
     let name = text(h.task).ok_or_else(|| ProtocolError::Format("`task` header is not a string".into()))?;
@@ -300,8 +292,8 @@ fn decode_v2(message: &Message, h: V2Headers<'_>, body: Value) -> Result<TaskReq
     )
 }
 
-fn decode_v1(message: &Message, body: Value) -> Result<TaskRequest, ProtocolError> {
-    let Value::Object(map) = body else {
+fn decode_v1(message: &Message, body: Body) -> Result<TaskRequest, ProtocolError> {
+    let Body::Other(Value::Object(map)) = body else {
         return Err(ProtocolError::Format(
             "no `task` header and the body is not a v1 task dict".into(),
         ));

@@ -15,7 +15,6 @@ use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::Connection;
-use serde_json::Map;
 use tokio::sync::{Notify, OnceCell};
 
 use super::chord::{ChordCounting, ChordJoin, ChordPart};
@@ -25,7 +24,7 @@ use crate::broker::amqp::AmqpBroker;
 use crate::broker::amqp_connect::CELERY_FRAME_MAX;
 use crate::broker::Broker;
 use crate::config::redact;
-use crate::protocol::{DeliveryInfo, Message, Properties, TaskResult};
+use crate::protocol::{DeliveryInfo, Headers, Message, Properties, TaskResult};
 
 /// The client side: a reply queue and what arrived on it.
 struct Replies {
@@ -121,7 +120,7 @@ impl ResultBackend for RpcBackend {
             body: result.meta_json().into_bytes(),
             content_type: "application/json".into(),
             content_encoding: "utf-8".into(),
-            headers: Map::new(),
+            headers: Headers::new(),
             properties: Properties {
                 correlation_id: Some(reply_to.correlation_id.clone()),
                 reply_to: None,

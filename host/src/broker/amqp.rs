@@ -37,7 +37,7 @@ use super::amqp_parking::DelayQueues;
 use super::{Broker, BrokerError, Delivery, Window};
 use crate::batch::{Batcher, Linger};
 use crate::config::redact;
-use crate::protocol::amqp_table::{json_to_table, table_to_json};
+use crate::protocol::amqp_table::{headers_to_table, table_to_headers};
 use crate::protocol::{DeliveryInfo, Message, Properties};
 
 struct Live {
@@ -657,7 +657,7 @@ pub(super) fn message_of(
         body,
         content_type: text(p.content_type()).unwrap_or_else(|| "application/json".into()),
         content_encoding: text(p.content_encoding()).unwrap_or_else(|| "utf-8".into()),
-        headers: p.headers().as_ref().map(table_to_json).unwrap_or_default(),
+        headers: p.headers().as_ref().map(table_to_headers).unwrap_or_default(),
         properties: Properties {
             correlation_id: text(p.correlation_id()),
             reply_to: text(p.reply_to()),
@@ -676,7 +676,7 @@ pub(super) fn properties_of(message: &Message) -> BasicProperties {
     let mut properties = BasicProperties::default()
         .with_content_type(message.content_type.as_str().into())
         .with_content_encoding(message.content_encoding.as_str().into())
-        .with_headers(json_to_table(&message.headers))
+        .with_headers(headers_to_table(&message.headers))
         .with_delivery_mode(message.properties.delivery_mode)
         .with_priority(message.properties.priority);
     if let Some(id) = &message.properties.correlation_id {

@@ -15,7 +15,7 @@ use super::CommonArgs;
 use crate::broker::control::{self, PIDBOX_EXCHANGE, REPLY_EXCHANGE};
 use crate::config::FileConfig;
 use crate::protocol::time::{seconds, unix_now};
-use crate::protocol::Message;
+use crate::protocol::{Headers, Message};
 
 #[derive(Debug, Args)]
 pub struct ControlArgs {
@@ -84,9 +84,9 @@ pub async fn run(common: &CommonArgs, file: &FileConfig, args: ControlArgs) -> a
     let client_id = uuid::Uuid::new_v4().to_string();
     let ticket = uuid::Uuid::new_v4().to_string();
     let destination = (!args.destination.is_empty()).then(|| args.destination.clone());
-    let mut headers = Map::new();
-    headers.insert("clock".into(), Value::from(1));
-    headers.insert("expires".into(), Value::from(unix_now() + timeout.as_secs_f64()));
+    let mut headers = Headers::new();
+    headers.insert("clock", Value::from(1));
+    headers.insert("expires", Value::from(unix_now() + timeout.as_secs_f64()));
     let body = json!({
         "method": args.method,
         "arguments": arguments(&args.method, &args.arguments, args.terminate)?,

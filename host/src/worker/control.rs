@@ -11,7 +11,7 @@ use super::{events, task, Shared};
 use crate::broker::control::ControlBus;
 use crate::config::redact;
 use crate::protocol::time::seconds;
-use crate::protocol::Message;
+use crate::protocol::{Headers, Message};
 use crate::runtime::manifest::parse_rate;
 
 /// Answer requests from the broker until the worker stops.
@@ -63,9 +63,9 @@ async fn handle(shared: &Arc<Shared>, bus: &dyn ControlBus, request: Message) {
         .get("reply_to")
         .and_then(|r| Some((r.get("exchange")?.as_str()?, r.get("routing_key")?.as_str()?)));
     if let (Some(reply), Some(ticket), Some((exchange, routing_key))) = (reply, ticket, reply_to) {
-        let mut headers = Map::new();
-        headers.insert("ticket".into(), Value::from(ticket));
-        headers.insert("clock".into(), Value::from(shared.clock.forward()));
+        let mut headers = Headers::new();
+        headers.insert("ticket", Value::from(ticket));
+        headers.insert("clock", Value::from(shared.clock.forward()));
         let message = Message::json(&json!({ hostname: reply }), headers, exchange, routing_key, 1);
         if let Err(err) = bus.reply(routing_key, &message).await {
             tracing::warn!(method, error = %err, "cannot send a remote-control reply");

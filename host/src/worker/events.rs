@@ -20,7 +20,7 @@ use crate::broker::control::{ControlBus, EVENT_EXCHANGE};
 use crate::protocol::repr::{repr, repr_args};
 use crate::protocol::time::to_iso;
 use crate::protocol::time::unix_now;
-use crate::protocol::{ExceptionInfo, Message, State, TaskRequest, TaskResult};
+use crate::protocol::{ExceptionInfo, Headers, Message, State, TaskRequest, TaskResult};
 use crate::runtime::Usage;
 
 /// Seconds between heartbeats (Celery's default `freq`).
@@ -49,8 +49,8 @@ fn utcoffset() -> f64 {
 
 /// An event message as Celery's dispatcher publishes it.
 fn event_message(hostname: &str, routing_key: &str, body: &Value) -> Message {
-    let mut headers = Map::new();
-    headers.insert("hostname".into(), Value::from(hostname));
+    let mut headers = Headers::new();
+    headers.insert("hostname", Value::from(hostname));
     Message::json(body, headers, EVENT_EXCHANGE, routing_key, 1)
 }
 

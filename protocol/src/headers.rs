@@ -1,0 +1,168 @@
+//! A message's headers: names and JSON values, in the order they came.
+//!
+//! A list rather than serde_json's `Map`: Celery sends about 19 headers and the worker
+//! reads each at most once, so hashing every name into an index map (SipHash, then the
+//! index) cost more than the few comparisons of a scan. Reading them that way was a third
+//! of decoding a kombu envelope (callgrind, `host/benches/host_cost.rs`).
+
+use serde::de::{MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+/// Room for the headers a Celery 5 client sends (19), so reading them grows no list.
+const USUAL_HEADERS: usize = 24;
+
+/// Header names are unique: setting one that is there replaces its value in place, as a
+/// JSON object read by kombu would hold it. Two sets of headers are equal when they hold
+/// the same names and values in any order (an AMQP field table sorts them).
+#[derive(Debug, Clone, Default)]
+pub struct Headers(Vec<(String, Value)>);
+
+impl PartialEq for Headers {
+    fn eq(&self, other: &Headers) -> bool {
+        self.len() == other.len() && self.iter().all(|(name, value)| other.get(name) == Some(value))
+    }
+}
+
+impl Headers {
+    pub fn new() -> Headers {
+        Headers(Vec::new())
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    /// Set `name` to `value`; returns the value it replaces.
+    pub fn insert(&mut self, name: impl Into<String>, value: Value) -> Option<Value> {
+        let name = name.into();
+        match self.0.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, slot)) => Some(std::mem::replace(slot, value)),
+            None => {
+                self.0.push((name, value));
+                None
+            }
+        }
+    }
+
+    /// Set `name` to `value` unless it is set already.
+    pub fn insert_if_absent(&mut self, name: &str, value: impl FnOnce() -> Value) {
+        if self.get(name).is_none() {
+            self.0.push((name.to_owned(), value()));
+        }
+    }
+
+    pub fn retain(&mut self, mut keep: impl FnMut(&str, &Value) -> bool) {
+        self.0.retain(|(n, v)| keep(n, v));
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v))
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(n, _)| n.as_str())
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<K: Into<String>> FromIterator<(K, Value)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (K, Value)>>(items: I) -> Headers {
+        let mut headers = Headers::new();
+        for (name, value) in items {
+            headers.insert(name, value);
+        }
+        headers
+    }
+}
+
+impl From<Map<String, Value>> for Headers {
+    /// A JSON object's keys are unique already.
+    fn from(map: Map<String, Value>) -> Headers {
+        Headers(map.into_iter().collect())
+    }
+}
+
+impl From<Headers> for Map<String, Value> {
+    fn from(headers: Headers) -> Map<String, Value> {
+        headers.0.into_iter().collect()
+    }
+}
+
+impl Serialize for Headers {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, value) in &self.0 {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Headers {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Headers, D::Error> {
+        struct HeadersVisitor;
+        impl<'de> Visitor<'de> for HeadersVisitor {
+            type Value = Headers;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a map of headers")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Headers, A::Error> {
+                let mut headers = Headers(Vec::with_capacity(access.size_hint().unwrap_or(USUAL_HEADERS)));
+                while let Some((name, value)) = access.next_entry::<String, Value>()? {
+                    // A repeated name keeps its first place and its last value, as in a
+                    // JSON object read by Python.
+                    headers.insert(name, value);
+                }
+                Ok(headers)
+            }
+        }
+        deserializer.deserialize_map(HeadersVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_name_set_twice_keeps_its_place_and_takes_the_new_value() {
+        let mut headers = Headers::new();
+        assert_eq!(headers.insert("a", json!(1)), None);
+        headers.insert("b", json!(2));
+        assert_eq!(headers.insert("a", json!(3)), Some(json!(1)));
+        assert_eq!(headers.iter().collect::<Vec<_>>(), [("a", &json!(3)), ("b", &json!(2))]);
+        headers.insert_if_absent("b", || json!(9));
+        assert_eq!(headers.get("b"), Some(&json!(2)));
+    }
+
+    #[test]
+    fn read_from_json_as_python_reads_an_object() {
+        let headers: Headers = serde_json::from_str(r#"{"x": 1, "y": 2, "x": 3}"#).unwrap();
+        assert_eq!(serde_json::to_string(&headers).unwrap(), r#"{"x":3,"y":2}"#);
+        let as_object: Map<String, Value> = serde_json::from_str(r#"{"x": 1, "y": 2, "x": 3}"#).unwrap();
+        assert_eq!(Map::from(headers), as_object);
+        assert!(serde_json::from_str::<Headers>("[1]").is_err());
+    }
+
+    #[test]
+    fn equal_whatever_the_order_but_not_whatever_the_values() {
+        let ab: Headers = [("a", json!(1)), ("b", json!(2))].into_iter().collect();
+        let ba: Headers = [("b", json!(2)), ("a", json!(1))].into_iter().collect();
+        let ab3: Headers = [("a", json!(1)), ("b", json!(3))].into_iter().collect();
+        assert_eq!(ab, ba);
+        assert_ne!(ab, ab3);
+        assert_ne!(ab, [("a", json!(1))].into_iter().collect::<Headers>());
+    }
+}
