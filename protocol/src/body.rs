@@ -13,6 +13,36 @@ use serde_json::{Map, Value};
 
 use super::task::Embed;
 
+/// The `visit_*` methods for JSON's scalars (null, booleans, numbers, strings), each
+/// returning `$make` of the scalar as a `Value`: a visitor that takes any JSON value.
+macro_rules! visit_scalars {
+    ($output:ty, $make:expr) => {
+        fn visit_unit<E>(self) -> Result<$output, E> {
+            Ok($make(Value::Null))
+        }
+
+        fn visit_bool<E>(self, v: bool) -> Result<$output, E> {
+            Ok($make(Value::from(v)))
+        }
+
+        fn visit_i64<E>(self, v: i64) -> Result<$output, E> {
+            Ok($make(Value::from(v)))
+        }
+
+        fn visit_u64<E>(self, v: u64) -> Result<$output, E> {
+            Ok($make(Value::from(v)))
+        }
+
+        fn visit_f64<E>(self, v: f64) -> Result<$output, E> {
+            Ok($make(Value::from(v)))
+        }
+
+        fn visit_str<E>(self, v: &str) -> Result<$output, E> {
+            Ok($make(Value::from(v)))
+        }
+    };
+}
+
 // Made once a message and taken apart at once: boxing the large variant would only add
 // an allocation.
 #[allow(clippy::large_enum_variant)]
@@ -66,29 +96,7 @@ impl<'de> Visitor<'de> for BodyVisitor {
         Ok(Body::Other(Value::Object(object)))
     }
 
-    fn visit_unit<E>(self) -> Result<Body, E> {
-        Ok(Body::Other(Value::Null))
-    }
-
-    fn visit_bool<E>(self, v: bool) -> Result<Body, E> {
-        Ok(Body::Other(Value::from(v)))
-    }
-
-    fn visit_i64<E>(self, v: i64) -> Result<Body, E> {
-        Ok(Body::Other(Value::from(v)))
-    }
-
-    fn visit_u64<E>(self, v: u64) -> Result<Body, E> {
-        Ok(Body::Other(Value::from(v)))
-    }
-
-    fn visit_f64<E>(self, v: f64) -> Result<Body, E> {
-        Ok(Body::Other(Value::from(v)))
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<Body, E> {
-        Ok(Body::Other(Value::from(v)))
-    }
+    visit_scalars!(Body, Body::Other);
 }
 
 /// `embed` as Celery reads it: the four keys it knows, a null one as absent, the last of
@@ -133,29 +141,7 @@ impl<'de> Visitor<'de> for EmbedVisitor {
         Ok(LenientEmbed(Embed::default()))
     }
 
-    fn visit_unit<E>(self) -> Result<LenientEmbed, E> {
-        Ok(LenientEmbed(Embed::default()))
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<LenientEmbed, E> {
-        Ok(LenientEmbed(Embed::default()))
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<LenientEmbed, E> {
-        Ok(LenientEmbed(Embed::default()))
-    }
-
-    fn visit_u64<E>(self, _: u64) -> Result<LenientEmbed, E> {
-        Ok(LenientEmbed(Embed::default()))
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<LenientEmbed, E> {
-        Ok(LenientEmbed(Embed::default()))
-    }
-
-    fn visit_str<E>(self, _: &str) -> Result<LenientEmbed, E> {
-        Ok(LenientEmbed(Embed::default()))
-    }
+    visit_scalars!(LenientEmbed, |_| LenientEmbed(Embed::default()));
 }
 
 /// An embed key, matched without allocating it.

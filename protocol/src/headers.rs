@@ -91,12 +91,6 @@ impl From<Map<String, Value>> for Headers {
     }
 }
 
-impl From<Headers> for Map<String, Value> {
-    fn from(headers: Headers) -> Map<String, Value> {
-        headers.0.into_iter().collect()
-    }
-}
-
 impl Serialize for Headers {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.0.len()))?;
@@ -152,7 +146,7 @@ mod tests {
         let headers: Headers = serde_json::from_str(r#"{"x": 1, "y": 2, "x": 3}"#).unwrap();
         assert_eq!(serde_json::to_string(&headers).unwrap(), r#"{"x":3,"y":2}"#);
         let as_object: Map<String, Value> = serde_json::from_str(r#"{"x": 1, "y": 2, "x": 3}"#).unwrap();
-        assert_eq!(Map::from(headers), as_object);
+        assert_eq!(headers, Headers::from(as_object));
         assert!(serde_json::from_str::<Headers>("[1]").is_err());
     }
 
