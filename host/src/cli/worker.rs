@@ -48,8 +48,8 @@ pub struct WorkerArgs {
     /// Node name (default: celeriac@HOST).
     #[arg(short = 'n', long, env = "CELERIAC_HOSTNAME")]
     pub hostname: Option<String>,
-    /// Messages reserved per slot (Celery's default is 4). Unset: 16 on brokers the worker
-    /// pulls from; on RabbitMQ, about 50 ms of work per slot (2 to 128 messages). Reserving
+    /// Messages reserved per slot (Celery's default is 4). Unset: about 50 ms of work per
+    /// slot, 16 to 128 messages on brokers the worker pulls from, 2 to 128 on RabbitMQ. Reserving
     /// ahead only happens while every running task is under a second old, so a large
     /// window keeps short tasks streaming without making long ones hold messages hostage.
     #[arg(long, env = "CELERIAC_PREFETCH_MULTIPLIER")]

@@ -196,15 +196,30 @@ impl Gate {
         let n = n.min(self.concurrency().saturating_sub(1));
         self.concurrency.fetch_sub(n, Ordering::Relaxed);
         self.capacity.fetch_sub(n * per_slot, Ordering::Relaxed);
-        for (semaphore, count) in [(&self.slots, 2 * n), (&self.reserved, n * per_slot)] {
-            let semaphore = semaphore.clone();
-            tokio::spawn(async move {
-                if let Ok(permits) = semaphore.acquire_many_owned(count as u32).await {
-                    permits.forget();
-                }
-            });
-        }
+        retire(&self.slots, 2 * n);
+        retire(&self.reserved, n * per_slot);
         n
+    }
+
+    /// Hold at most `capacity` messages from now on. Fewer takes effect as reservations
+    /// come free: until then the worker takes no more.
+    pub fn set_capacity(&self, capacity: usize) {
+        let before = self.capacity.swap(capacity, Ordering::Relaxed);
+        match capacity.cmp(&before) {
+            std::cmp::Ordering::Greater => self.reserved.add_permits(capacity - before),
+            std::cmp::Ordering::Less => retire(&self.reserved, before - capacity),
+            std::cmp::Ordering::Equal => {}
+        }
+    }
+
+    /// How many messages the worker may hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity.load(Ordering::Relaxed)
+    }
+
+    /// How many messages each slot may hold.
+    pub fn reservations_per_slot(&self) -> usize {
+        self.capacity() / self.concurrency().max(1)
     }
 
     /// Wait until every admitted message has left (warm shutdown).
@@ -214,9 +229,48 @@ impl Gate {
     }
 }
 
+/// Take `count` permits out of service as they come free. The semaphore is fair, so
+/// whoever waits after this call waits until they are gone.
+fn retire(semaphore: &Arc<Semaphore>, count: usize) {
+    let semaphore = semaphore.clone();
+    tokio::spawn(async move {
+        if let Ok(permits) = semaphore.acquire_many_owned(count as u32).await {
+            permits.forget();
+        }
+    });
+}
+
 /// Reservations taken out of the current capacity.
 fn held(capacity: &AtomicUsize, reserved: &Semaphore) -> usize {
     capacity
         .load(Ordering::Relaxed)
         .saturating_sub(reserved.available_permits())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_new_capacity_holds_from_the_next_admission() {
+        let gate = Gate::new(2, 4);
+        gate.set_capacity(8);
+        assert_eq!((gate.capacity(), gate.reservations_per_slot()), (8, 4));
+        let mut held = Vec::new();
+        for _ in 0..6 {
+            held.push(gate.try_admit().expect("room for 8"));
+        }
+        assert_eq!(gate.held(), 6);
+
+        // Down to 2 while 6 are held: nothing more comes in until 2 or fewer remain.
+        gate.set_capacity(2);
+        tokio::task::yield_now().await; // the retiring task queues for its permits
+        assert!(gate.try_admit().is_none(), "2 free reservations are being retired");
+        held.truncate(2);
+        tokio::task::yield_now().await;
+        assert!(gate.try_admit().is_none(), "2 held fill the new capacity");
+        held.pop();
+        let third = tokio::time::timeout(Duration::from_secs(5), gate.admit()).await;
+        assert!(third.expect("a reservation came free").is_some());
+    }
 }

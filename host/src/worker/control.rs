@@ -332,7 +332,7 @@ fn stats(shared: &Shared) -> Value {
         "prefetch_count": if shared.broker.sends_ahead() {
             shared.window.get()
         } else {
-            concurrency * shared.reservations_per_slot
+            shared.gate.capacity()
         },
         "rusage": rusage(),
         "sw_ident": "celeriac",

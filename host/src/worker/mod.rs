@@ -101,8 +101,6 @@ struct Shared {
     executors: ExecutorPool,
     /// Reservations, slots and look-ahead.
     gate: admission::Gate,
-    /// Reservations that come with each slot (`pool_grow` / `pool_shrink`).
-    reservations_per_slot: usize,
     /// How many messages the broker sends ahead, where it pushes them.
     window: window::Current,
     /// How long guests run and how large messages are, which size that window.
@@ -147,14 +145,14 @@ impl Shared {
     /// `pool_grow`: more slots and executor threads.
     fn grow(&self, n: usize) {
         match self.executors.grow(n) {
-            Ok(()) => self.gate.grow(n, self.reservations_per_slot),
+            Ok(()) => self.gate.grow(n, self.gate.reservations_per_slot()),
             Err(err) => tracing::error!(error = %err, "cannot start more executor threads"),
         }
     }
 
     /// `pool_shrink`: fewer slots and executor threads, never fewer than one.
     fn shrink(&self, n: usize) {
-        let n = self.gate.shrink(n, self.reservations_per_slot);
+        let n = self.gate.shrink(n, self.gate.reservations_per_slot());
         self.executors.shrink(n);
     }
 
@@ -249,7 +247,6 @@ impl Worker {
             runtime: self.runtime.clone(),
             executors,
             gate,
-            reservations_per_slot,
             window: window::Current::new(first_window),
             load: window::Load::default(),
             placement: placement::Placement::default(),
@@ -286,6 +283,8 @@ impl Worker {
         tokio::spawn(placement::keep(shared.clone()));
         if self.broker.sends_ahead() {
             tokio::spawn(window::keep(shared.clone()));
+        } else if multiplier.is_none() {
+            tokio::spawn(window::keep_reservations(shared.clone()));
         }
         tracing::info!(
             hostname = %self.config.hostname,
