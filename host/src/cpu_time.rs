@@ -7,6 +7,26 @@ pub fn thread() -> Duration {
     read(libc::CLOCK_THREAD_CPUTIME_ID)
 }
 
+/// The calling thread's CPU time, read once a lap: each lap is what the thread used since
+/// the one before. A loop that wants the cost of each turn reads the clock once a turn,
+/// not twice; each read is a system call (0.64 µs on the machine the benchmarks ran on).
+pub struct Laps(Duration);
+
+impl Laps {
+    /// Start counting on the calling thread.
+    pub fn start() -> Laps {
+        Laps(thread())
+    }
+
+    /// CPU time the calling thread used since the last lap (or the start).
+    pub fn lap(&mut self) -> Duration {
+        let now = thread();
+        let used = now.saturating_sub(self.0);
+        self.0 = now;
+        used
+    }
+}
+
 /// CPU time all the process's threads have used.
 pub fn process() -> Duration {
     read(libc::CLOCK_PROCESS_CPUTIME_ID)

@@ -87,7 +87,7 @@ impl Default for Metrics {
         let peak_memory = Family::<PluginName, Histogram>::new_with_constructor(memory_histogram as fn() -> Histogram);
         registry.register(
             "task_cpu_seconds",
-            "CPU time tasks used in their Wasm instance (guest code and host calls)",
+            "CPU time tasks used: their Wasm instance, guest code and host calls",
             cpu.clone(),
         );
         registry.register(

@@ -165,9 +165,11 @@ def test_an_events_receiver_sees_the_worker_and_its_tasks(broker, node, make_wor
     succeeded = of("task-succeeded", ok.id)[0]
     assert succeeded["result"] == "5" and succeeded["runtime"] >= 0
     # Beyond Celery: what the task used, in the event and in the extended result meta.
-    assert succeeded["cpu_time"] >= 0 and succeeded["peak_memory"] >= 65536
+    # The CPU time counts at least the task's instance and call, never nothing.
+    assert succeeded["cpu_time"] > 0 and succeeded["peak_memory"] >= 65536
     usage = json.loads(redis.Redis.from_url(backend).get(f"celery-task-meta-{ok.id}"))["usage"]
     assert usage["peak_memory"] == succeeded["peak_memory"] and usage["runtime"] > 0
+    assert usage["cpu_time"] == succeeded["cpu_time"]
     assert of("task-failed", bad.id)[0]["exception"].startswith("ZeroDivisionError(")
 
     # The way Flower and `celery events` decide a worker is online.

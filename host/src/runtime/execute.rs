@@ -46,8 +46,10 @@ pub struct Invocation {
 pub struct Usage {
     /// Wall-clock time from instantiation to return.
     pub wall: Duration,
-    /// CPU time of the executor thread meanwhile: the guest's own work plus the host
-    /// calls it made. (Counting Wasm instructions, with fuel, would slow every task.)
+    /// CPU time of the executor thread since its previous task: this task's instance
+    /// (made ahead where the thread could, `standby.rs`), the guest's own work and the
+    /// host calls it made. Filled in by the executor thread, which reads its CPU clock
+    /// once a task. (Counting Wasm instructions, with fuel, would slow every task.)
     pub cpu: Duration,
     /// The most linear memory the instance held at once, over all its memories.
     pub peak_memory: usize,
@@ -149,13 +151,14 @@ impl Runtime {
         self.execute_measured(plugin, invocation).0
     }
 
-    /// [`Runtime::execute`], and what the task used.
+    /// [`Runtime::execute`], and what the task used, but for its CPU time (left zero:
+    /// the caller knows what else its thread does).
     pub fn execute_measured(&self, plugin: &PluginVersion, invocation: Invocation) -> (Outcome, Usage) {
-        let (started, cpu_before) = (std::time::Instant::now(), crate::cpu_time::thread());
+        let started = std::time::Instant::now();
         let (outcome, peak_memory) = self.run_guest(plugin, invocation);
         let usage = Usage {
             wall: started.elapsed(),
-            cpu: crate::cpu_time::thread().saturating_sub(cpu_before),
+            cpu: Duration::ZERO,
             peak_memory,
         };
         (outcome, usage)

@@ -81,6 +81,7 @@ impl ExecutorPool {
             std::thread::Builder::new()
                 .name(format!("celeriac-exec-{index}"))
                 .spawn(move || {
+                    let mut cpu = crate::cpu_time::Laps::start();
                     for job in queue.iter() {
                         let retire = retiring
                             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
@@ -94,8 +95,10 @@ impl ExecutorPool {
                             continue; // withdrawn
                         }
                         let run = || runtime.execute_measured(&job.plugin, job.invocation);
-                        let (outcome, usage) = std::panic::catch_unwind(AssertUnwindSafe(run))
+                        let (outcome, mut usage) = std::panic::catch_unwind(AssertUnwindSafe(run))
                             .unwrap_or_else(|panic| (host_bug(panic.as_ref()), Usage::default()));
+                        // Since the previous task: this one's instance, made ahead below.
+                        usage.cpu = cpu.lap();
                         let ran = Ran { outcome, usage };
                         // The relay may be gone (the runtime shut down hard): so is the
                         // waiting side, and there is nothing to do.
