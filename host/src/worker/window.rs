@@ -149,30 +149,25 @@ pub async fn keep_reservations(shared: Arc<Shared>) {
         if *shared.stopping.borrow() {
             return;
         }
-        let current = shared.gate.reservations_per_slot();
-        let fitted = reservations_fitted(&shared.load, shared.gate.concurrency(), current);
+        let (concurrency, current) = (shared.gate.concurrency(), shared.gate.reservations_per_slot());
+        let fitted = reservations_fitted(&shared.load, concurrency, current);
         if fitted != current {
             tracing::debug!(from = current, to = fitted, "reservations per slot resized");
-            shared.gate.set_capacity(shared.gate.concurrency() * fitted);
+            shared.gate.set_capacity(concurrency * fitted);
         }
     }
 }
 
 /// Reservations per slot for the tasks at hand, given the current number: about
 /// [`AHEAD_HORIZON`] of work, as the window, but never fewer than the default nor more
-/// than a pushing broker gets ([`ADMITTED_AHEAD_PER_SLOT`]). Shrinking takes a fourfold
-/// change, as in [`wanted`].
+/// than a pushing broker gets ([`ADMITTED_AHEAD_PER_SLOT`]).
 fn reservations_fitted(load: &Load, concurrency: usize, current: usize) -> usize {
-    let Some(nanos) = load.task_time.get() else {
-        return current;
-    };
-    let bytes_per_slot = AHEAD_BYTES / concurrency.max(1) as u64;
-    let size = load.message_size.get().unwrap_or(1);
-    let fitted = ahead_per_slot(Duration::from_nanos(nanos), bytes_per_slot / size)
-        .clamp(DEFAULT_PREFETCH_MULTIPLIER, ADMITTED_AHEAD_PER_SLOT);
-    match fitted < current && fitted * 4 > current {
-        true => current,
-        false => fitted,
+    match fitted_per_slot(load, concurrency) {
+        Some(fitted) => settle(
+            current,
+            fitted.clamp(DEFAULT_PREFETCH_MULTIPLIER, ADMITTED_AHEAD_PER_SLOT),
+        ),
+        None => current,
     }
 }
 
@@ -183,21 +178,32 @@ fn wanted(gate: &Gate, load: &Load, multiplier: Option<usize>, given: Window) ->
     if old > 0 {
         return Window::Fair(concurrency.saturating_sub(old));
     }
-    let per_slot = match (multiplier, load.task_time.get()) {
-        (Some(multiplier), _) => multiplier.max(1),
-        (None, Some(nanos)) => {
-            let bytes_per_slot = AHEAD_BYTES / concurrency.max(1) as u64;
-            let size = load.message_size.get().unwrap_or(1);
-            ahead_per_slot(Duration::from_nanos(nanos), bytes_per_slot / size)
-        }
-        (None, None) => DEFAULT_PREFETCH_MULTIPLIER,
+    let per_slot = match multiplier {
+        Some(multiplier) => multiplier.max(1),
+        None => fitted_per_slot(load, concurrency).unwrap_or(DEFAULT_PREFETCH_MULTIPLIER),
     };
     let ahead = concurrency * per_slot;
     match given {
-        // Shrinking takes a fourfold change, so an average near a step does not make the
-        // window (and RabbitMQ's consumers) flap between two sizes.
-        Window::Ahead(size) if multiplier.is_none() && ahead < size && ahead * 4 > size => given,
+        Window::Ahead(size) if multiplier.is_none() => Window::Ahead(settle(size, ahead)),
         _ => Window::Ahead(ahead),
+    }
+}
+
+/// Messages per slot for about [`AHEAD_HORIZON`] of work within [`AHEAD_BYTES`] in all,
+/// from the tasks seen so far; `None` before the first has run.
+fn fitted_per_slot(load: &Load, concurrency: usize) -> Option<usize> {
+    let nanos = load.task_time.get()?;
+    let bytes_per_slot = AHEAD_BYTES / concurrency.max(1) as u64;
+    let size = load.message_size.get().unwrap_or(1);
+    Some(ahead_per_slot(Duration::from_nanos(nanos), bytes_per_slot / size))
+}
+
+/// `fitted`, unless it shrinks `current` by less than fourfold: so an average near a step
+/// does not make the size (and RabbitMQ's consumers) flap between two values.
+fn settle(current: usize, fitted: usize) -> usize {
+    match fitted < current && fitted * 4 > current {
+        true => current,
+        false => fitted,
     }
 }
 
