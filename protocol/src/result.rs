@@ -168,7 +168,8 @@ pub struct TaskResult {
     pub children: Vec<Value>,
     pub parent_id: Option<String>,
     pub group_id: Option<String>,
-    pub extended: Option<Extended>,
+    /// Boxed: most results have none, and a result is moved through several futures.
+    pub extended: Option<Box<Extended>>,
     /// Where the sender waits for this result (the `rpc://` backend's reply queue).
     pub reply_to: Option<ReplyTo>,
 }
@@ -295,7 +296,7 @@ mod tests {
         );
         result.group_id = Some("g".into());
         result.parent_id = Some("p".into());
-        result.extended = Some(Extended {
+        result.extended = Some(Box::new(Extended {
             name: "math.add".into(),
             args: vec![json!(2), json!(3)],
             kwargs: Map::new(),
@@ -303,7 +304,7 @@ mod tests {
             retries: 1,
             queue: "celery".into(),
             usage: Some(json!({"runtime": 0.5})),
-        });
+        }));
         assert_eq!(
             result.meta_json(),
             concat!(

@@ -49,7 +49,7 @@ pub(super) fn annotate(shared: &Shared, request: &TaskRequest, result: &mut Task
         correlation_id: request.correlation_id.clone(),
     });
     if shared.config.result_extended {
-        result.extended = Some(Extended {
+        result.extended = Some(Box::new(Extended {
             name: request.name.clone(),
             args: request.args.clone(),
             kwargs: request.kwargs.clone(),
@@ -57,7 +57,7 @@ pub(super) fn annotate(shared: &Shared, request: &TaskRequest, result: &mut Task
             retries: request.retries,
             queue: request.queue().to_owned(),
             usage: None,
-        });
+        }));
     }
 }
 
@@ -124,7 +124,14 @@ async fn store_publish_then_settle(
 /// (`redelivery.rs`).
 async fn publish_then_store(shared: &Shared, request: &TaskRequest, result: TaskResult, follow_ups: Steps) -> bool {
     let completion = match request.embed.chord {
-        Some(_) => match chord::part_returned(shared, request, result.state.clone(), &result.result).await {
+        Some(_) => match Box::pin(chord::part_returned(
+            shared,
+            request,
+            result.state.clone(),
+            &result.result,
+        ))
+        .await
+        {
             Ok(completion) => completion,
             Err(err) => {
                 tracing::error!(task_id = %request.id, group_id = ?request.group, error = %err,
@@ -134,15 +141,15 @@ async fn publish_then_store(shared: &Shared, request: &TaskRequest, result: Task
         },
         None => None,
     };
-    if !publish(shared, request, follow_ups).await {
+    if !follow_ups.is_empty() && !Box::pin(publish(shared, request, follow_ups)).await {
         if let Some((completion, _)) = &completion {
-            chord::release(shared, completion, false).await;
+            Box::pin(chord::release(shared, completion, false)).await;
         }
         return false;
     }
     if let Some((completion, body)) = completion {
-        let sent = publish(shared, request, body).await;
-        chord::release(shared, &completion, sent).await;
+        let sent = Box::pin(publish(shared, request, body)).await;
+        Box::pin(chord::release(shared, &completion, sent)).await;
         if !sent {
             return false;
         }
@@ -258,14 +265,14 @@ pub(super) async fn outcome(
             Some(options) if request.retries < options.max_retries.unwrap_or(DEFAULT_MAX_RETRIES) => {
                 let countdown = options.retry_countdown(request.retries, jitter());
                 let reason = Some(format!("Retry in {countdown}s: {}", exc.repr()));
-                match retry(
+                match Box::pin(retry(
                     shared,
                     request,
                     &plugin.name,
                     Some(countdown),
                     options.max_retries,
                     reason,
-                )
+                ))
                 .await
                 {
                     Ok(result) => (result, Settle::Ack),
@@ -278,7 +285,7 @@ pub(super) async fn outcome(
             countdown,
             max_retries,
             reason,
-        } => match retry(shared, request, &plugin.name, countdown, max_retries, reason).await {
+        } => match Box::pin(retry(shared, request, &plugin.name, countdown, max_retries, reason)).await {
             Ok(result) => (result, Settle::Ack),
             Err(failure) => failure,
         },
