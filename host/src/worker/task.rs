@@ -261,17 +261,7 @@ async fn discard_if_revoked(shared: &Shared, delivery: &Delivery, request: &Task
     }
     let (id, name) = (request.id.as_str(), request.name.as_str());
     tracing::info!(task_id = %id, task = %name, plugin, "Discarding revoked task: {name}[{id}]");
-    let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", "revoked");
-    let mut result = TaskResult::new(id, State::Revoked, exc.to_value());
-    report::annotate(shared, request, &mut result);
-    Box::pin(report::store_then_settle(
-        shared,
-        delivery,
-        request,
-        result,
-        report::Settle::Ack,
-    ))
-    .await;
+    store_revoked(shared, delivery, request, "revoked").await;
     true
 }
 
@@ -283,8 +273,15 @@ async fn discard_if_expired(shared: &Shared, delivery: &Delivery, request: &Task
     let (id, name) = (request.id.as_str(), request.name.as_str());
     tracing::info!(task_id = %id, task = %name, plugin, "Task {name}[{id}] expired; not running it");
     shared.revoked.add(id);
-    let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", "expired");
-    let mut result = TaskResult::new(id, State::Revoked, exc.to_value());
+    store_revoked(shared, delivery, request, "expired").await;
+    true
+}
+
+/// Store REVOKED (`TaskRevokedError(reason)`) for a task that will not run, then ack it.
+/// Boxed: a rare path, kept out of every task's handler (see the module doc).
+async fn store_revoked(shared: &Shared, delivery: &Delivery, request: &TaskRequest, reason: &str) {
+    let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", reason);
+    let mut result = TaskResult::new(&request.id, State::Revoked, exc.to_value());
     report::annotate(shared, request, &mut result);
     Box::pin(report::store_then_settle(
         shared,
@@ -294,7 +291,6 @@ async fn discard_if_expired(shared: &Shared, delivery: &Delivery, request: &Task
         report::Settle::Ack,
     ))
     .await;
-    true
 }
 
 /// Sleep until `wait` has passed (true) or the worker starts stopping (false).
