@@ -10,11 +10,12 @@ import os
 import signal
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import redis
 from billiard.exceptions import TimeLimitExceeded
-from celery.exceptions import NotRegistered
+from celery.exceptions import NotRegistered, TaskRevokedError
 
 from conftest import REDIS_HOST, REDIS_PORT, celery_app, eventually, received_ids
 
@@ -39,6 +40,18 @@ def test_a_thousand_tasks_and_the_right_exceptions(db, make_worker):
     # Results expire after a day, as Celery's do.
     ttl = redis.Redis(REDIS_HOST, REDIS_PORT, db=db).ttl(f"celery-task-meta-{results[0].id}")
     assert 86000 < ttl <= 86400
+
+
+def test_an_expired_task_is_stored_revoked_and_not_run(db, make_worker):
+    worker = make_worker(url(db), url(db))
+    app = celery_app(url(db), url(db))
+    expired = app.send_task("math.add", (1, 2), expires=datetime.now(timezone.utc) - timedelta(seconds=5))
+    with pytest.raises(TaskRevokedError, match="expired"):
+        expired.get(timeout=TIMEOUT)
+    assert expired.state == "REVOKED"
+    assert f"Task math.add[{expired.id}] expired; not running it" in worker.log()
+    assert f"Task math.add[{expired.id}] succeeded" not in worker.log()
+    assert app.send_task("math.add", (2, 3)).get(timeout=TIMEOUT) == 5
 
 
 def test_a_killed_worker_loses_nothing(db, make_worker):
