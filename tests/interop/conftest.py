@@ -124,6 +124,20 @@ def make_worker(request, tmp_path):
     if report is not None and report.failed:
         for worker in started:
             print(f"\n----- {worker.log_path.name} ({worker.broker}) -----\n{worker.log()[-20000:]}")
+        for backend in sorted({w.backend for w in started if w.backend.startswith("redis://")}):
+            print(f"\n----- results stored in {backend} -----\n{stored_states(backend)}")
+
+
+def stored_states(url):
+    """`task id: state` of every result in a Redis backend: tells a result the worker never
+    stored from one the client did not see."""
+    client = redis.Redis.from_url(url)
+    lines = []
+    for key in sorted(client.scan_iter("celery-task-meta-*", count=1000)):
+        meta = client.get(key)
+        state = json.loads(meta).get("status") if meta else "(expired)"
+        lines.append(f"{key.decode().removeprefix('celery-task-meta-')}: {state}")
+    return "\n".join(lines) or "(none)"
 
 
 def stored_results(client, ids, timeout=60):
