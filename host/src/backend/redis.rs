@@ -21,16 +21,17 @@ pub const TASK_KEY_PREFIX: &str = "celery-task-meta-";
 
 /// Store each meta unless a SUCCESS is already there (a redelivered duplicate must not
 /// replace the first result), then publish it. KEYS: meta keys. ARGV: TTL seconds
-/// (0: none), then one meta JSON per key.
+/// (0: none), then one meta JSON per key. The current values are read with one MGET, not
+/// a GET each: every `redis.call` costs Redis ~2 µs beyond the command (`broker/redis.rs`).
 const STORE: &str = r"
 local ttl = tonumber(ARGV[1])
 local stored = 0
+local current = redis.call('MGET', unpack(KEYS))
 for i, key in ipairs(KEYS) do
   local meta = ARGV[i + 1]
-  local current = redis.call('GET', key)
   local done = false
-  if current then
-    local ok, old = pcall(cjson.decode, current)
+  if current[i] then
+    local ok, old = pcall(cjson.decode, current[i])
     done = ok and type(old) == 'table' and old.status == 'SUCCESS'
   end
   if not done then
@@ -93,6 +94,9 @@ impl ResultBackend for RedisBackend {
     }
 
     async fn store_many(&self, results: &[TaskResult]) -> Result<(), BackendError> {
+        if results.is_empty() {
+            return Ok(()); // MGET of no keys is an error
+        }
         let mut invocation = self.store.arg(self.expires);
         for result in results {
             invocation
