@@ -137,7 +137,10 @@ def stored_states(url):
     lines = []
     for key in sorted(client.scan_iter("celery-task-meta-*", count=1000)):
         meta = client.get(key)
-        state = json.loads(meta).get("status") if meta else "(expired)"
+        try:
+            state = json.loads(meta).get("status") if meta else "(expired)"
+        except (ValueError, AttributeError):
+            state = f"(not a result meta: {meta[:80]!r})"
         lines.append(f"{key.decode().removeprefix('celery-task-meta-')}: {state}")
     return "\n".join(lines) or "(none)"
 

@@ -23,6 +23,8 @@ pub const TASK_KEY_PREFIX: &str = "celery-task-meta-";
 /// replace the first result), then publish it. KEYS: meta keys. ARGV: TTL seconds
 /// (0: none), then one meta JSON per key. The current values are read with one MGET, not
 /// a GET each: every `redis.call` costs Redis ~2 µs beyond the command (`broker/redis.rs`).
+/// `unpack(KEYS)` is bounded by Lua's stack (8,000 values); the worker writes at most
+/// `RESULT_BATCH` (256) results at a time.
 const STORE: &str = r"
 local ttl = tonumber(ARGV[1])
 local stored = 0
