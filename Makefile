@@ -3,7 +3,8 @@
 #   make test     unit, end-to-end and Python Celery interop tests
 #   make plugins  build the Rust plugins under plugins/ into $(CARGO_TARGET_DIR)/plugins/NAME.wasm
 #   make example-plugins  the Python, JavaScript and C ones too (installs their toolchains once)
-#   make bench    Celeriac against Celery's prefork worker; writes tests/bench/RESULTS.md
+#   make dist     the binary to deploy: optimised across crates, $(CARGO_TARGET_DIR)/dist/celeriac
+#   make bench    Celeriac (the dist binary) against Celery's prefork worker; writes tests/bench/RESULTS.md
 #   make fuzz     fuzz the message decoders (FUZZ_SECONDS per target, default 600)
 #   make soak     30 minutes of mixed tasks with broker restarts (SOAK_MINUTES)
 
@@ -14,6 +15,7 @@ CARGO ?= cargo
 PYTHON ?= python3
 
 BIN := $(CARGO_TARGET_DIR)/release/celeriac
+DIST_BIN := $(CARGO_TARGET_DIR)/dist/celeriac
 PLUGIN_OUT := $(CARGO_TARGET_DIR)/plugins
 VENV := $(CARGO_TARGET_DIR)/venv
 RUST_PLUGINS := $(patsubst plugins/%/Cargo.toml,%,$(wildcard plugins/*/Cargo.toml))
@@ -23,12 +25,16 @@ PYTHON_PLUGINS := $(foreach d,$(wildcard plugins/*/),$(if $(wildcard $(d)$(notdi
 JS_PLUGINS := $(foreach d,$(wildcard plugins/*/),$(if $(wildcard $(d)$(notdir $(d:/=)).js),$(notdir $(d:/=))))
 C_PLUGINS := $(foreach d,$(wildcard plugins/*/),$(if $(wildcard $(d)$(notdir $(d:/=)).c),$(notdir $(d:/=))))
 
-.PHONY: all build plugins example-plugins wasm-target run test services test-rust test-interop test-fuzz fuzz fuzz-tools soak bench venv fixtures c-bindings fmt lint clean
+.PHONY: all build dist plugins example-plugins wasm-target run test services test-rust test-interop test-fuzz fuzz fuzz-tools soak bench venv fixtures c-bindings fmt lint clean
 
 all: build plugins
 
 build:
 	$(CARGO) build --release -j $(JOBS) -p celeriac
+
+# Cargo.toml's `dist` profile: slower to build, faster to run (see its comment).
+dist:
+	$(CARGO) build --profile dist -j $(JOBS) -p celeriac --bin celeriac
 
 wasm-target:
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
@@ -128,10 +134,11 @@ soak: build plugins venv
 
 # Speed is measured here, never asserted in tests. BENCH_ARGS="--tasks 5000 --runs 1" for a quick look.
 # First the host's per-task cost (criterion), then Celeriac against Celery (RESULTS.md, RESULTS.png).
-bench: build plugins example-plugins venv
+# The workers compared are the binary one deploys (`make dist`).
+bench: dist plugins example-plugins venv
 	$(VENV)/bin/pip install -q matplotlib
 	CELERIAC_PLUGIN_DIR=$(PLUGIN_OUT) $(CARGO) bench -j $(JOBS) -p celeriac --bench host_cost
-	CELERIAC_BIN=$(BIN) CELERIAC_PLUGIN_DIR=$(PLUGIN_OUT) \
+	CELERIAC_BIN=$(DIST_BIN) CELERIAC_PLUGIN_DIR=$(PLUGIN_OUT) \
 		$(VENV)/bin/python tests/bench/bench.py $(BENCH_ARGS)
 
 # Re-create the C bindings after a change to wit/celeriac.wit (needs `cargo install wit-bindgen-cli@0.63.0`).
