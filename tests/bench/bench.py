@@ -462,6 +462,7 @@ def main():
     cost = host_cost_us()
     sleep_cost = sleep0_us()
     redis_rate = rows[0][1]["celeriac"]["rate"]
+    binary = f"`{BIN.relative_to(TARGET)}` under the target folder" if BIN.is_relative_to(TARGET) else f"`{BIN}`"
 
     lines = [
         "# Benchmark: Celeriac against Celery's prefork worker",
@@ -469,7 +470,7 @@ def main():
         f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.node()} "
         f"({os.cpu_count()} CPUs), `python tests/bench/bench.py --tasks {args.tasks} --rtt {args.rtt} --runs {args.runs}`.",
         f"Both workers `-c 2`, results on the same backend; medians of {args.runs} alternating runs.",
-        f"Celeriac binary: {f'`{BIN.relative_to(TARGET)}` under the target folder' if BIN.is_relative_to(TARGET) else f'`{BIN}`'}.",
+        f"Celeriac binary: {binary}.",
         "Drain: tasks/s to run a pre-filled queue of `math.add` and store every result (or, results",
         "ignored, until every task is acknowledged). Round trip: one `send_task(...).get()` from the",
         "Python Celery client at a time. Chart: `RESULTS.png`.",
