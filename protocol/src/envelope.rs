@@ -1,11 +1,15 @@
 //! A broker-neutral message (body bytes, headers, properties) and kombu's JSON envelope,
 //! the form every virtual transport (SQLite, Redis, SQS, Zookeeper) stores.
 
+use std::borrow::Cow;
+
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::headers::Headers;
+use super::lenient::{ReadDeliveryInfo, Text};
 use super::task::ProtocolError;
 
 /// Where a message was published: kombu's `delivery_info`.
@@ -37,11 +41,25 @@ pub struct Message {
     pub properties: Properties,
 }
 
-/// kombu's envelope, field for field (`content-type` with a hyphen, `body` in base64).
-/// Read with its properties typed ([`ReadProperties`]), written as a map.
-#[derive(Serialize, Deserialize)]
-struct Envelope<P> {
+/// kombu's envelope, field for field (`content-type` with a hyphen, `body` in base64), as
+/// written.
+#[derive(Serialize)]
+struct Envelope {
     body: Value,
+    #[serde(rename = "content-encoding")]
+    content_encoding: Option<String>,
+    #[serde(rename = "content-type")]
+    content_type: Option<String>,
+    headers: Option<Headers>,
+    properties: Option<Map<String, Value>>,
+}
+
+/// kombu's envelope as read: the body left as its JSON text (a base64 string is decoded
+/// straight from the envelope, not copied first), the properties typed.
+#[derive(Deserialize)]
+struct ReadEnvelope<'a> {
+    #[serde(borrow)]
+    body: &'a RawValue,
     #[serde(rename = "content-encoding", default)]
     content_encoding: Option<String>,
     #[serde(rename = "content-type", default)]
@@ -49,27 +67,26 @@ struct Envelope<P> {
     #[serde(default)]
     headers: Option<Headers>,
     #[serde(default)]
-    properties: Option<P>,
+    properties: Option<ReadProperties>,
 }
 
-/// The properties a decoded message uses, each as whatever JSON
-/// came, so an odd type reads as absent rather than failing the message; the rest are
+/// The properties a decoded message uses, read leniently (`lenient.rs`); the rest are
 /// skipped unbuilt (a map of them cost ~10k instructions a message on a Redis drain,
 /// measured with callgrind).
 #[derive(Default, Deserialize)]
 struct ReadProperties {
     #[serde(default)]
-    body_encoding: Option<Value>,
+    body_encoding: Text,
     #[serde(default)]
-    correlation_id: Option<Value>,
+    correlation_id: Text,
     #[serde(default)]
-    reply_to: Option<Value>,
+    reply_to: Text,
     #[serde(default)]
     delivery_mode: Option<Value>,
     #[serde(default)]
     priority: Option<Value>,
     #[serde(default)]
-    delivery_info: Option<Value>,
+    delivery_info: ReadDeliveryInfo,
 }
 
 impl Message {
@@ -112,7 +129,7 @@ impl Message {
         properties.insert("priority".into(), self.properties.priority.into());
         properties.insert("body_encoding".into(), "base64".into());
         properties.insert("delivery_tag".into(), Value::String(uuid::Uuid::new_v4().to_string()));
-        let envelope = Envelope::<Map<String, Value>> {
+        let envelope = Envelope {
             body: Value::String(base64::engine::general_purpose::STANDARD.encode(&self.body)),
             content_encoding: Some(self.content_encoding.clone()),
             content_type: Some(self.content_type.clone()),
@@ -125,33 +142,30 @@ impl Message {
 
     /// Decode kombu's JSON envelope.
     pub fn from_envelope_json(text: &str) -> Result<Message, ProtocolError> {
-        let envelope: Envelope<ReadProperties> = serde_json::from_str(text)
+        let envelope: ReadEnvelope = serde_json::from_str(text)
             .map_err(|e| ProtocolError::Envelope(format!("not a kombu JSON envelope: {e}")))?;
         let properties = envelope.properties.unwrap_or_default();
-        let body_encoding = properties
-            .body_encoding
-            .as_ref()
-            .and_then(Value::as_str)
-            .unwrap_or("utf-8");
-        let body = match (&envelope.body, body_encoding) {
-            (Value::String(s), "base64") => base64::engine::general_purpose::STANDARD
-                .decode(s)
+        let base64 = properties.body_encoding.0.as_deref() == Some("base64");
+        let body = match body_text(envelope.body)? {
+            Some(text) if base64 => base64::engine::general_purpose::STANDARD
+                .decode(text.as_bytes())
                 .map_err(|e| ProtocolError::Envelope(format!("body is not valid base64: {e}")))?,
-            (Value::String(s), _) => s.clone().into_bytes(),
-            (other, _) => other.to_string().into_bytes(),
+            Some(text) => text.into_owned().into_bytes(),
+            // Compact, as it was written before the envelope held it.
+            None => serde_json::from_str::<Value>(envelope.body.get())
+                .map_err(|e| ProtocolError::Envelope(e.to_string()))?
+                .to_string()
+                .into_bytes(),
         };
-        let delivery_info = properties
-            .delivery_info
-            .and_then(|v| serde_json::from_value(v).ok())
-            .unwrap_or_default();
+        let delivery_info = properties.delivery_info.0;
         Ok(Message {
             body,
             content_type: envelope.content_type.unwrap_or_else(|| "application/json".to_owned()),
             content_encoding: envelope.content_encoding.unwrap_or_else(|| "utf-8".to_owned()),
             headers: envelope.headers.unwrap_or_default(),
             properties: Properties {
-                correlation_id: non_empty_string(properties.correlation_id),
-                reply_to: non_empty_string(properties.reply_to),
+                correlation_id: properties.correlation_id.0.filter(|id| !id.is_empty()),
+                reply_to: properties.reply_to.0.filter(|queue| !queue.is_empty()),
                 delivery_mode: small_int(properties.delivery_mode, 2),
                 priority: small_int(properties.priority, 0),
                 delivery_info,
@@ -160,11 +174,18 @@ impl Message {
     }
 }
 
-fn non_empty_string(value: Option<Value>) -> Option<String> {
-    match value {
-        Some(Value::String(s)) if !s.is_empty() => Some(s),
-        _ => None,
+/// The body if it is a JSON string: borrowed from the envelope unless it holds escapes.
+fn body_text(body: &RawValue) -> Result<Option<Cow<'_, str>>, ProtocolError> {
+    let json = body.get();
+    if !json.starts_with('"') {
+        return Ok(None);
     }
+    let text = match serde_json::from_str::<&str>(json) {
+        Ok(text) => Cow::Borrowed(text),
+        // Escapes: unescaped into a string of its own.
+        Err(_) => Cow::Owned(serde_json::from_str::<String>(json).map_err(|e| ProtocolError::Envelope(e.to_string()))?),
+    };
+    Ok(Some(text))
 }
 
 fn small_int(value: Option<Value>, default: u8) -> u8 {

@@ -4,6 +4,12 @@
 //! reads each at most once, so hashing every name into an index map (SipHash, then the
 //! index) cost more than the few comparisons of a scan. Reading them that way was a third
 //! of decoding a kombu envelope (callgrind, `host/benches/host_cost.rs`).
+//!
+//! The names Celery sends are not copied: a name read from a message that is one of them
+//! (`known_names!` below) points at the name here. Copying them was 19 of the ~110
+//! allocations the worker made for a task on a Redis drain (uprobes on the allocator).
+
+use std::borrow::Cow;
 
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
@@ -17,7 +23,70 @@ const USUAL_HEADERS: usize = 24;
 /// JSON object read by kombu would hold it. Two sets of headers are equal when they hold
 /// the same names and values in any order (an AMQP field table sorts them).
 #[derive(Debug, Clone, Default)]
-pub struct Headers(Vec<(String, Value)>);
+pub struct Headers(Vec<(Cow<'static, str>, Value)>);
+
+/// `known(name)`: `name` as a `&'static str` if it is one of these, without copying it.
+macro_rules! known_names {
+    ($($name:literal),* $(,)?) => {
+        fn known(name: &str) -> Option<&'static str> {
+            match name {
+                $($name => Some($name),)*
+                _ => None,
+            }
+        }
+    };
+}
+
+// The headers of a Celery 5 task message, and others Celery and kombu send.
+known_names!(
+    "lang",
+    "task",
+    "id",
+    "shadow",
+    "eta",
+    "expires",
+    "group",
+    "group_index",
+    "retries",
+    "timelimit",
+    "root_id",
+    "parent_id",
+    "argsrepr",
+    "kwargsrepr",
+    "origin",
+    "ignore_result",
+    "replaced_task_nesting",
+    "stamped_headers",
+    "stamps",
+    "compression",
+);
+
+/// A header name read from a message: shared if Celery's, else copied.
+struct Name(Cow<'static, str>);
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Name, D::Error> {
+        struct NameVisitor;
+        impl Visitor<'_> for NameVisitor {
+            type Value = Name;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a header name")
+            }
+
+            fn visit_str<E>(self, name: &str) -> Result<Name, E> {
+                Ok(Name(
+                    known(name).map_or_else(|| Cow::Owned(name.to_owned()), Cow::Borrowed),
+                ))
+            }
+
+            fn visit_string<E>(self, name: String) -> Result<Name, E> {
+                Ok(Name(known(&name).map_or(Cow::Owned(name), Cow::Borrowed)))
+            }
+        }
+        deserializer.deserialize_str(NameVisitor)
+    }
+}
 
 impl PartialEq for Headers {
     fn eq(&self, other: &Headers) -> bool {
@@ -35,7 +104,7 @@ impl Headers {
     }
 
     /// Set `name` to `value`; returns the value it replaces.
-    pub fn insert(&mut self, name: impl Into<String>, value: Value) -> Option<Value> {
+    pub fn insert(&mut self, name: impl Into<Cow<'static, str>>, value: Value) -> Option<Value> {
         let name = name.into();
         match self.0.iter_mut().find(|(n, _)| *n == name) {
             Some((_, slot)) => Some(std::mem::replace(slot, value)),
@@ -49,7 +118,7 @@ impl Headers {
     /// Set `name` to `value` unless it is set already.
     pub fn insert_if_absent(&mut self, name: &str, value: impl FnOnce() -> Value) {
         if self.get(name).is_none() {
-            self.0.push((name.to_owned(), value()));
+            self.0.push((Cow::Owned(name.to_owned()), value()));
         }
     }
 
@@ -58,11 +127,11 @@ impl Headers {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
-        self.0.iter().map(|(n, v)| (n.as_str(), v))
+        self.0.iter().map(|(n, v)| (n.as_ref(), v))
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(|(n, _)| n.as_str())
+        self.0.iter().map(|(n, _)| n.as_ref())
     }
 
     pub fn len(&self) -> usize {
@@ -74,7 +143,7 @@ impl Headers {
     }
 }
 
-impl<K: Into<String>> FromIterator<(K, Value)> for Headers {
+impl<K: Into<Cow<'static, str>>> FromIterator<(K, Value)> for Headers {
     fn from_iter<I: IntoIterator<Item = (K, Value)>>(items: I) -> Headers {
         let mut headers = Headers::new();
         for (name, value) in items {
@@ -87,7 +156,7 @@ impl<K: Into<String>> FromIterator<(K, Value)> for Headers {
 impl From<Map<String, Value>> for Headers {
     /// A JSON object's keys are unique already.
     fn from(map: Map<String, Value>) -> Headers {
-        Headers(map.into_iter().collect())
+        Headers(map.into_iter().map(|(name, value)| (Cow::Owned(name), value)).collect())
     }
 }
 
@@ -95,7 +164,7 @@ impl Serialize for Headers {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.0.len()))?;
         for (name, value) in &self.0 {
-            map.serialize_entry(name, value)?;
+            map.serialize_entry(name.as_ref(), value)?;
         }
         map.end()
     }
@@ -113,7 +182,7 @@ impl<'de> Deserialize<'de> for Headers {
 
             fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Headers, A::Error> {
                 let mut headers = Headers(Vec::with_capacity(access.size_hint().unwrap_or(USUAL_HEADERS)));
-                while let Some((name, value)) = access.next_entry::<String, Value>()? {
+                while let Some((Name(name), value)) = access.next_entry::<Name, Value>()? {
                     // A repeated name keeps its first place and its last value, as in a
                     // JSON object read by Python.
                     headers.insert(name, value);

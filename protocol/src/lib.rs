@@ -6,6 +6,7 @@ pub mod amqp_table;
 mod body;
 pub mod envelope;
 pub mod headers;
+mod lenient;
 pub mod repr;
 pub mod result;
 pub mod task;
