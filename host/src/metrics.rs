@@ -31,8 +31,10 @@ pub struct Metrics {
     redeliveries_skipped: Counter,
     running: Gauge,
     /// Each task name's own metrics, found once: a family lookup allocates and hashes a
-    /// label set, and three of them ran for every task.
+    /// label set, and five of them ran for every task.
     by_task: RwLock<HashMap<String, TaskMetrics>>,
+    /// Each plugin's memory histogram, found once likewise.
+    by_plugin: RwLock<HashMap<String, Histogram>>,
 }
 
 /// The metrics labelled with one task name (clones share the same values).
@@ -41,6 +43,8 @@ struct TaskMetrics {
     waited: Histogram,
     runtime: Histogram,
     cpu: Counter<f64>,
+    /// Finished in SUCCESS, the state nearly every task ends in.
+    succeeded: Counter,
 }
 
 fn memory_histogram() -> Histogram {
@@ -118,6 +122,7 @@ impl Default for Metrics {
             redeliveries_skipped,
             running,
             by_task: RwLock::new(HashMap::new()),
+            by_plugin: RwLock::new(HashMap::new()),
         }
     }
 }
@@ -138,6 +143,10 @@ impl Metrics {
             waited: self.waited.get_or_create(&labels).clone(),
             runtime: self.runtime.get_or_create(&labels).clone(),
             cpu: self.cpu.get_or_create(&labels).clone(),
+            succeeded: self
+                .finished
+                .get_or_create(&vec![("task", task.to_owned()), ("state", "SUCCESS".to_owned())])
+                .clone(),
         };
         self.by_task
             .write()
@@ -166,17 +175,34 @@ impl Metrics {
             let task = self.of_task(task);
             task.runtime.observe(usage.wall.as_secs_f64());
             task.cpu.inc_by(usage.cpu.as_secs_f64());
-            self.peak_memory
-                .get_or_create(&vec![("plugin", plugin.to_owned())])
-                .observe(usage.peak_memory as f64);
+            self.of_plugin(plugin).observe(usage.peak_memory as f64);
         }
+    }
+
+    fn of_plugin(&self, plugin: &str) -> Histogram {
+        if let Some(histogram) = self.by_plugin.read().unwrap_or_else(|e| e.into_inner()).get(plugin) {
+            return histogram.clone();
+        }
+        let histogram = self
+            .peak_memory
+            .get_or_create(&vec![("plugin", plugin.to_owned())])
+            .clone();
+        self.by_plugin
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(plugin.to_owned(), histogram.clone());
+        histogram
     }
 
     /// A task's outcome was stored (SUCCESS, FAILURE, RETRY, REVOKED, REJECTED…).
     pub fn finished(&self, task: &str, state: &str) {
-        self.finished
-            .get_or_create(&vec![("task", task.to_owned()), ("state", state.to_owned())])
-            .inc();
+        match state {
+            "SUCCESS" => self.of_task(task).succeeded.inc(),
+            _ => self
+                .finished
+                .get_or_create(&vec![("task", task.to_owned()), ("state", state.to_owned())])
+                .inc(),
+        };
     }
 
     /// The OpenMetrics text of every metric.
@@ -206,9 +232,15 @@ mod tests {
         metrics.started("math.add", Duration::from_millis(3));
         metrics.left_executor("math.add", "math", Some(usage));
         metrics.finished("math.add", "SUCCESS");
+        metrics.finished("math.add", "SUCCESS");
+        metrics.finished("math.add", "FAILURE");
         let text = metrics.encode();
         assert!(
-            text.contains(r#"celeriac_tasks_total{task="math.add",state="SUCCESS"} 1"#),
+            text.contains(r#"celeriac_tasks_total{task="math.add",state="SUCCESS"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"celeriac_tasks_total{task="math.add",state="FAILURE"} 1"#),
             "{text}"
         );
         assert!(

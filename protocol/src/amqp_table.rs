@@ -2,16 +2,20 @@
 //! signed 64-bit, floats as doubles, strings as long strings and `None` as void.
 
 use amq_protocol_types::{AMQPValue, FieldArray, FieldTable, LongString};
-use serde_json::{Number, Value};
+use serde_json::{Map, Number, Value};
 
-use super::headers::Headers;
+use super::headers::{shared_name, Headers};
 
 /// AMQP header table → message headers (Celery's headers are JSON-shaped).
 pub fn table_to_headers(table: &FieldTable) -> Headers {
-    entries_of(table)
+    table
+        .inner()
+        .iter()
+        .map(|(k, v)| (shared_name(k.as_str()), value_to_json(v)))
+        .collect()
 }
 
-fn entries_of<C: FromIterator<(String, Value)>>(table: &FieldTable) -> C {
+fn entries_of(table: &FieldTable) -> Map<String, Value> {
     table
         .inner()
         .iter()

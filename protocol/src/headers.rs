@@ -61,6 +61,11 @@ known_names!(
     "compression",
 );
 
+/// A header name from a message: shared if Celery's, else copied.
+pub(crate) fn shared_name(name: &str) -> Cow<'static, str> {
+    known(name).map_or_else(|| Cow::Owned(name.to_owned()), Cow::Borrowed)
+}
+
 /// A header name read from a message: shared if Celery's, else copied.
 struct Name(Cow<'static, str>);
 
