@@ -240,6 +240,17 @@ mod tests {
     }
 
     #[test]
+    fn a_body_is_read_with_or_without_escapes_and_as_compact_json_if_not_a_string() {
+        let read = |text: &str| Message::from_envelope_json(text).unwrap().body;
+        // "[1]" in base64 is "WzFd"; JSON may escape any of its characters.
+        let base64 = r#""properties": {"body_encoding": "base64"}"#;
+        assert_eq!(read(&format!(r#"{{"body": "WzFd", {base64}}}"#)), b"[1]");
+        assert_eq!(read(&format!(r#"{{"body": "Wz\u0046d", {base64}}}"#)), b"[1]");
+        assert_eq!(read(r#"{"body": "a\/b \"c\""}"#), br#"a/b "c""#);
+        assert_eq!(read(r#"{"body": [1, {"a": 2}]}"#), br#"[1,{"a":2}]"#);
+    }
+
+    #[test]
     fn garbage_is_an_error_not_a_panic() {
         for text in [
             "",

@@ -66,7 +66,7 @@ pub(crate) fn shared_name(name: &str) -> Cow<'static, str> {
     known(name).map_or_else(|| Cow::Owned(name.to_owned()), Cow::Borrowed)
 }
 
-/// A header name read from a message: shared if Celery's, else copied.
+/// A header name as serde reads it: [`shared_name`], or the string serde made already.
 struct Name(Cow<'static, str>);
 
 impl<'de> Deserialize<'de> for Name {
@@ -80,9 +80,7 @@ impl<'de> Deserialize<'de> for Name {
             }
 
             fn visit_str<E>(self, name: &str) -> Result<Name, E> {
-                Ok(Name(
-                    known(name).map_or_else(|| Cow::Owned(name.to_owned()), Cow::Borrowed),
-                ))
+                Ok(Name(shared_name(name)))
             }
 
             fn visit_string<E>(self, name: String) -> Result<Name, E> {
@@ -222,6 +220,15 @@ mod tests {
         let as_object: Map<String, Value> = serde_json::from_str(r#"{"x": 1, "y": 2, "x": 3}"#).unwrap();
         assert_eq!(headers, Headers::from(as_object));
         assert!(serde_json::from_str::<Headers>("[1]").is_err());
+    }
+
+    #[test]
+    fn celerys_names_are_shared_and_others_copied() {
+        let headers: Headers = serde_json::from_str(r#"{"task": "t", "x-custom": 1, "\u0069d": "i"}"#).unwrap();
+        let names: Vec<_> = headers.0.iter().map(|(name, _)| name).collect();
+        assert!(matches!(names[0], Cow::Borrowed("task")));
+        assert!(matches!(names[1], Cow::Owned(name) if name == "x-custom"));
+        assert!(matches!(names[2], Cow::Borrowed("id")), "unescaped first: {names:?}");
     }
 
     #[test]
