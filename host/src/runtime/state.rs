@@ -10,8 +10,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::celeriac::task::{host, types};
 use super::limits::{Deadline, MemoryLimiter};
 
-/// Receives `update-state` calls: (state, meta as JSON).
-pub type ProgressSink = Arc<dyn Fn(&str, serde_json::Value) + Send + Sync>;
+/// Receives `update-state` calls: (task id, state, meta as JSON). One serves every task.
+pub type ProgressSink = Arc<dyn Fn(&str, &str, serde_json::Value) + Send + Sync>;
 
 pub struct TaskState {
     pub wasi: WasiCtx,
@@ -97,7 +97,7 @@ impl host::Host for TaskState {
         }
         let meta = serde_json::from_str(&meta_json).unwrap_or(serde_json::Value::String(meta_json));
         if let Some(sink) = &self.progress {
-            sink(&state, meta);
+            sink(&self.task_id, &state, meta);
         }
     }
 

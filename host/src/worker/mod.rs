@@ -97,6 +97,8 @@ struct Shared {
     backend: Arc<dyn ResultBackend>,
     /// Results from concurrent tasks, written together.
     results: Batcher<TaskResult, BackendError>,
+    /// Where guests' `update-state` calls go.
+    progress: crate::runtime::ProgressSink,
     runtime: Arc<Runtime>,
     executors: ExecutorPool,
     /// Reservations, slots and look-ahead.
@@ -244,6 +246,7 @@ impl Worker {
                     async move { backend.store_many(&results).await }
                 })
             },
+            progress: report::progress_sink(self.backend.clone()),
             runtime: self.runtime.clone(),
             executors,
             gate,

@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::canvas::{self, FollowUp, Step, Steps};
 use super::Shared;
 use super::{chord, events, fault, redelivery};
+use crate::backend::ResultBackend;
 use crate::broker::Delivery;
 use crate::protocol::result::{Extended, ReplyTo};
 use crate::protocol::time::from_now;
@@ -417,13 +418,12 @@ async fn retry(
 }
 
 /// `update-state` from a guest: stored at once, like Celery's `self.update_state`. It
-/// runs on an executor thread, so it may block on the async backend.
-pub(super) fn progress_sink(shared: &Arc<Shared>, request: &TaskRequest) -> ProgressSink {
+/// runs on an executor thread, so it may block on the async backend. One for all tasks:
+/// made per task, it cost two allocations a task that hardly any task uses.
+pub(super) fn progress_sink(backend: Arc<dyn ResultBackend>) -> ProgressSink {
     let handle = tokio::runtime::Handle::current();
-    let backend = shared.backend.clone();
-    let task_id = request.id.clone();
-    Arc::new(move |state: &str, meta: Value| {
-        let result = TaskResult::new(&task_id, State::parse(state), meta);
+    Arc::new(move |task_id: &str, state: &str, meta: Value| {
+        let result = TaskResult::new(task_id, State::parse(state), meta);
         if let Err(err) = handle.block_on(backend.store(&result)) {
             tracing::warn!(task_id = %task_id, error = %err, "cannot store task progress");
         }

@@ -151,7 +151,7 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
         return;
     }
     let mut invocation = Invocation {
-        progress: Some(report::progress_sink(shared, &request)),
+        progress: Some(shared.progress.clone()),
         ..Invocation::for_task(&request, &shared.config.hostname, &delivery.queue)
     };
     if let Some((hard, soft)) = shared.overrides.time_limits(name) {
