@@ -2,7 +2,7 @@
 //! and ran, the CPU and memory they used, how many run now, and broker trouble. Served as OpenMetrics text on the HTTP port's `/metrics`.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -32,9 +32,31 @@ pub struct Metrics {
     running: Gauge,
     /// Each task name's own metrics, found once: a family lookup allocates and hashes a
     /// label set, and five of them ran for every task.
-    by_task: RwLock<HashMap<String, TaskMetrics>>,
+    by_task: FoundOnce<TaskMetrics>,
     /// Each plugin's memory histogram, found once likewise.
-    by_plugin: RwLock<HashMap<String, Histogram>>,
+    by_plugin: FoundOnce<Histogram>,
+}
+
+/// Values made once for each name and kept: a task takes a read lock, only a name seen
+/// for the first time takes the write lock.
+struct FoundOnce<V>(RwLock<HashMap<String, V>>);
+
+impl<V: Clone> FoundOnce<V> {
+    fn new() -> FoundOnce<V> {
+        FoundOnce(RwLock::new(HashMap::new()))
+    }
+
+    fn get_or_make(&self, name: &str, make: impl FnOnce() -> V) -> V {
+        if let Some(value) = self.0.read().unwrap_or_else(PoisonError::into_inner).get(name) {
+            return value.clone();
+        }
+        self.0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(name.to_owned())
+            .or_insert_with(make)
+            .clone()
+    }
 }
 
 /// The metrics labelled with one task name (clones share the same values).
@@ -121,8 +143,8 @@ impl Default for Metrics {
             store_errors,
             redeliveries_skipped,
             running,
-            by_task: RwLock::new(HashMap::new()),
-            by_plugin: RwLock::new(HashMap::new()),
+            by_task: FoundOnce::new(),
+            by_plugin: FoundOnce::new(),
         }
     }
 }
@@ -135,24 +157,18 @@ impl Metrics {
     }
 
     fn of_task(&self, task: &str) -> TaskMetrics {
-        if let Some(metrics) = self.by_task.read().unwrap_or_else(|e| e.into_inner()).get(task) {
-            return metrics.clone();
-        }
-        let labels = vec![("task", task.to_owned())];
-        let metrics = TaskMetrics {
-            waited: self.waited.get_or_create(&labels).clone(),
-            runtime: self.runtime.get_or_create(&labels).clone(),
-            cpu: self.cpu.get_or_create(&labels).clone(),
-            succeeded: self
-                .finished
-                .get_or_create(&vec![("task", task.to_owned()), ("state", "SUCCESS".to_owned())])
-                .clone(),
-        };
-        self.by_task
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(task.to_owned(), metrics.clone());
-        metrics
+        self.by_task.get_or_make(task, || {
+            let labels = vec![("task", task.to_owned())];
+            TaskMetrics {
+                waited: self.waited.get_or_create(&labels).clone(),
+                runtime: self.runtime.get_or_create(&labels).clone(),
+                cpu: self.cpu.get_or_create(&labels).clone(),
+                succeeded: self
+                    .finished
+                    .get_or_create(&vec![("task", task.to_owned()), ("state", "SUCCESS".to_owned())])
+                    .clone(),
+            }
+        })
     }
 
     pub fn broker_error(&self) {
@@ -180,18 +196,11 @@ impl Metrics {
     }
 
     fn of_plugin(&self, plugin: &str) -> Histogram {
-        if let Some(histogram) = self.by_plugin.read().unwrap_or_else(|e| e.into_inner()).get(plugin) {
-            return histogram.clone();
-        }
-        let histogram = self
-            .peak_memory
-            .get_or_create(&vec![("plugin", plugin.to_owned())])
-            .clone();
-        self.by_plugin
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(plugin.to_owned(), histogram.clone());
-        histogram
+        self.by_plugin.get_or_make(plugin, || {
+            self.peak_memory
+                .get_or_create(&vec![("plugin", plugin.to_owned())])
+                .clone()
+        })
     }
 
     /// A task's outcome was stored (SUCCESS, FAILURE, RETRY, REVOKED, REJECTED…).

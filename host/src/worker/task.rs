@@ -41,6 +41,8 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
         }
     };
     let may_repeat = redelivery::may_repeat(&delivery, &mut request);
+    // Shared with the tracker, which shows it to `inspect` while the task is held.
+    let request = Arc::new(request);
     let arrived = Instant::now();
     let tracked = shared.tracker.hold(&delivery, &request);
     let (id, name) = (request.id.as_str(), request.name.as_str());

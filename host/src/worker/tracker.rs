@@ -25,16 +25,19 @@ enum Phase {
 }
 
 /// What `inspect` shows of a held message; JSON and reprs are made only when asked for.
+/// The request is shared with the task's handler, not copied for a view rarely asked for.
 struct Held {
-    id: String,
-    name: String,
-    priority: u8,
-    args: Vec<Value>,
-    kwargs: Map<String, Value>,
-    exchange: String,
-    routing_key: String,
+    request: Arc<TaskRequest>,
+    /// The queue the message came from, kept only where it names no routing key.
+    queue: Option<String>,
     redelivered: bool,
     phase: Phase,
+}
+
+impl Held {
+    fn routing_key(&self) -> &str {
+        self.queue.as_deref().unwrap_or(&self.request.delivery_info.routing_key)
+    }
 }
 
 #[derive(Default)]
@@ -74,10 +77,10 @@ impl<'a> Tracked<'a> {
         if let Some(held) = held.get_mut(&self.tag) {
             held.phase = Phase::Active { time_start, cancel };
             let mut totals = self.tracker.totals();
-            match totals.get_mut(&held.name) {
+            match totals.get_mut(&held.request.name) {
                 Some(count) => *count += 1,
                 None => {
-                    totals.insert(held.name.clone(), 1);
+                    totals.insert(held.request.name.clone(), 1);
                 }
             }
         }
@@ -101,21 +104,14 @@ impl Tracker {
     }
 
     /// Track a decoded message until the returned guard is dropped.
-    pub fn hold(&self, delivery: &Delivery, request: &TaskRequest) -> Tracked<'_> {
-        let info = &delivery.message.properties.delivery_info;
-        let routing_key = if info.routing_key.is_empty() {
-            &delivery.queue
-        } else {
-            &info.routing_key
-        };
+    pub fn hold(&self, delivery: &Delivery, request: &Arc<TaskRequest>) -> Tracked<'_> {
         let held = Held {
-            id: request.id.clone(),
-            name: request.name.clone(),
-            priority: request.priority,
-            args: request.args.clone(),
-            kwargs: request.kwargs.clone(),
-            exchange: info.exchange.clone(),
-            routing_key: routing_key.clone(),
+            request: request.clone(),
+            queue: request
+                .delivery_info
+                .routing_key
+                .is_empty()
+                .then(|| delivery.queue.clone()),
             redelivered: delivery.redelivered,
             phase: Phase::Reserved,
         };
@@ -128,29 +124,30 @@ impl Tracker {
 
     /// Celery's `Request.info`: args and kwargs as values, or as repr strings (`safe`).
     fn info(held: &Held, hostname: &str, safe: bool) -> Value {
-        let kwargs = Value::Object(held.kwargs.clone());
+        let request = &held.request;
+        let kwargs = Value::Object(request.kwargs.clone());
         let (args, kwargs) = if safe {
-            (Value::from(repr_args(&held.args)), Value::from(repr(&kwargs)))
+            (Value::from(repr_args(&request.args)), Value::from(repr(&kwargs)))
         } else {
-            (Value::Array(held.args.clone()), kwargs)
+            (Value::Array(request.args.clone()), kwargs)
         };
         let time_start = match &held.phase {
             Phase::Active { time_start, .. } => json!(time_start),
             _ => Value::Null,
         };
         json!({
-            "id": held.id,
-            "name": held.name,
+            "id": request.id,
+            "name": request.name,
             "args": args,
             "kwargs": kwargs,
-            "type": held.name,
+            "type": request.name,
             "hostname": hostname,
             "time_start": time_start,
             "acknowledged": false,
             "delivery_info": {
-                "exchange": held.exchange,
-                "routing_key": held.routing_key,
-                "priority": held.priority,
+                "exchange": request.delivery_info.exchange,
+                "routing_key": held.routing_key(),
+                "priority": request.priority,
                 "redelivered": held.redelivered,
             },
             "worker_pid": std::process::id(),
@@ -182,7 +179,7 @@ impl Tracker {
             .filter_map(|h| match &h.phase {
                 Phase::Scheduled { eta } => Some(json!({
                     "eta": eta,
-                    "priority": h.priority,
+                    "priority": h.request.priority,
                     "request": Tracker::info(h, hostname, false),
                 })),
                 _ => None,
@@ -194,14 +191,14 @@ impl Tracker {
     pub fn query(&self, ids: &[String], hostname: &str) -> Map<String, Value> {
         let held = self.held();
         held.values()
-            .filter(|h| ids.contains(&h.id))
+            .filter(|h| ids.contains(&h.request.id))
             .map(|h| {
                 let state = match h.phase {
                     Phase::Reserved => "reserved",
                     Phase::Scheduled { .. } => "scheduled",
                     Phase::Active { .. } => "active",
                 };
-                (h.id.clone(), json!([state, Tracker::info(h, hostname, false)]))
+                (h.request.id.clone(), json!([state, Tracker::info(h, hostname, false)]))
             })
             .collect()
     }
@@ -210,7 +207,7 @@ impl Tracker {
     pub fn terminate(&self, id: &str) -> bool {
         let held = self.held();
         let mut found = false;
-        for h in held.values().filter(|h| h.id == id) {
+        for h in held.values().filter(|h| h.request.id == id) {
             if let Phase::Active { cancel, .. } = &h.phase {
                 cancel.store(true, Ordering::Relaxed);
                 found = true;
@@ -252,5 +249,59 @@ impl Tracker {
                 .map(|(k, v)| (k.clone(), Value::from(*v)))
                 .collect(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::DeliveryInfo;
+
+    fn delivery(request: &TaskRequest, queue: &str, tag: u64) -> Delivery {
+        Delivery {
+            message: request.encode(),
+            queue: queue.into(),
+            tag,
+            redelivered: tag == 2,
+            deferred_writes: None,
+        }
+    }
+
+    #[test]
+    fn inspect_shows_what_a_held_message_carries() {
+        let tracker = Tracker::default();
+        let mut routed = TaskRequest::new("math.add", vec![json!(2), json!(3)], Map::new());
+        routed.delivery_info = DeliveryInfo {
+            exchange: "tasks".into(),
+            routing_key: "math".into(),
+        };
+        let routed = Arc::new(routed);
+        let mut kwargs = Map::new();
+        kwargs.insert("text".into(), json!("hi"));
+        let unrouted = Arc::new(TaskRequest::new("textkit.words", Vec::new(), kwargs));
+        let _first = tracker.hold(&delivery(&routed, "math-queue", 1), &routed);
+        let second = tracker.hold(&delivery(&unrouted, "text-queue", 2), &unrouted);
+        second.started(Arc::new(AtomicBool::new(false)));
+
+        let reserved = tracker.reserved("host");
+        assert_eq!(reserved.len(), 1);
+        assert_eq!(reserved[0]["id"], json!(routed.id));
+        assert_eq!(reserved[0]["args"], json!([2, 3]));
+        assert_eq!(
+            reserved[0]["delivery_info"],
+            json!({"exchange": "tasks", "routing_key": "math", "priority": 0, "redelivered": false})
+        );
+
+        // No routing key in the message: the queue it was taken from stands in.
+        let active = tracker.active("host", false);
+        assert_eq!(active.len(), 1);
+        assert_eq!(active[0]["name"], json!("textkit.words"));
+        assert_eq!(active[0]["kwargs"], json!({"text": "hi"}));
+        assert_eq!(active[0]["delivery_info"]["routing_key"], json!("text-queue"));
+        assert_eq!(active[0]["delivery_info"]["redelivered"], json!(true));
+        assert_eq!(tracker.totals_json(), json!({"textkit.words": 1}));
+
+        drop(second);
+        assert!(tracker.active("host", false).is_empty());
     }
 }
