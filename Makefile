@@ -4,6 +4,7 @@
 #   make plugins  build the Rust plugins under plugins/ into $(CARGO_TARGET_DIR)/plugins/NAME.wasm
 #   make example-plugins  the Python, JavaScript and C ones too (installs their toolchains once)
 #   make dist     the binary to deploy: optimised across crates, $(CARGO_TARGET_DIR)/dist/celeriac
+#   make dist-pgo the same, optimised again with a profile of drains (needs Redis and RabbitMQ)
 #   make bench    Celeriac (the dist binary) against Celery's prefork worker; writes tests/bench/RESULTS.md
 #   make fuzz     fuzz the message decoders (FUZZ_SECONDS per target, default 600)
 #   make soak     30 minutes of mixed tasks with broker restarts (SOAK_MINUTES)
@@ -25,7 +26,7 @@ PYTHON_PLUGINS := $(foreach d,$(wildcard plugins/*/),$(if $(wildcard $(d)$(notdi
 JS_PLUGINS := $(foreach d,$(wildcard plugins/*/),$(if $(wildcard $(d)$(notdir $(d:/=)).js),$(notdir $(d:/=))))
 C_PLUGINS := $(foreach d,$(wildcard plugins/*/),$(if $(wildcard $(d)$(notdir $(d:/=)).c),$(notdir $(d:/=))))
 
-.PHONY: all build dist plugins example-plugins wasm-target run test services test-rust test-interop test-fuzz fuzz fuzz-tools soak bench venv fixtures c-bindings fmt lint clean
+.PHONY: all build dist dist-pgo plugins example-plugins wasm-target run test services test-rust test-interop test-fuzz fuzz fuzz-tools soak bench venv fixtures c-bindings fmt lint clean
 
 all: build plugins
 
@@ -35,6 +36,35 @@ build:
 # Cargo.toml's `dist` profile: slower to build, faster to run (see its comment).
 dist:
 	$(CARGO) build --profile dist -j $(JOBS) -p celeriac --bin celeriac
+
+# The dist build optimised again with a profile of the work it does (profile-guided): a build
+# with counters drains Redis and RabbitMQ queues and answers one call at a time, then the
+# dist build is redone with the counts. Needs Redis and RabbitMQ running; two dist
+# builds from cold, in folders of their own under pgo/ (their flags differ from dist's), for
+# the host's target named, so the flags reach the binary and not build scripts or macros.
+# The second is always from scratch: cargo would keep crates optimised with an older profile.
+HOST = $(shell rustc -vV | sed -n 's/^host: //p')
+PGO := $(CARGO_TARGET_DIR)/pgo
+LLVM_PROFDATA = $(shell rustc --print sysroot)/lib/rustlib/$(HOST)/bin/llvm-profdata
+PGO_BIN := $(CARGO_TARGET_DIR)/dist-pgo/celeriac
+PGO_TRAINEE = $(PGO)/generate/$(HOST)/dist/celeriac
+
+dist-pgo: plugins venv
+	@rustup component list --installed | grep -q '^llvm-tools' || rustup component add llvm-tools
+	rm -rf $(PGO)/profiles
+	RUSTFLAGS="-Cprofile-generate=$(PGO)/profiles" $(CARGO) build --profile dist -j $(JOBS) \
+		-p celeriac --bin celeriac --target $(HOST) --target-dir $(PGO)/generate
+	cd tests/bench && export LLVM_PROFILE_FILE=$(PGO)/profiles/%p.profraw CELERIAC_PLUGIN_DIR=$(PLUGIN_OUT) && \
+		$(VENV)/bin/python drain_ab.py --broker redis --tasks 20000 --pairs 1 $(PGO_TRAINEE) && \
+		$(VENV)/bin/python drain_ab.py --broker rabbitmq --tasks 20000 --pairs 1 $(PGO_TRAINEE) && \
+		$(VENV)/bin/python worker_latency.py --calls 500 --pairs 1 $(PGO_TRAINEE)
+	$(LLVM_PROFDATA) merge -o $(PGO)/merged.profdata $(PGO)/profiles
+	rm -rf $(PGO)/use
+	RUSTFLAGS="-Cprofile-use=$(PGO)/merged.profdata" $(CARGO) build --profile dist -j $(JOBS) \
+		-p celeriac --bin celeriac --target $(HOST) --target-dir $(PGO)/use
+	@mkdir -p $(dir $(PGO_BIN))
+	cp $(PGO)/use/$(HOST)/dist/celeriac $(PGO_BIN)
+	@echo "built $(PGO_BIN)"
 
 wasm-target:
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
