@@ -5,7 +5,7 @@
 #   make example-plugins  the Python, JavaScript and C ones too (installs their toolchains once)
 #   make dist     the binary to deploy: optimised across crates, $(CARGO_TARGET_DIR)/dist/celeriac
 #   make dist-pgo the same, optimised again with a profile of drains (needs Redis and RabbitMQ)
-#   make bench    Celeriac (the dist binary) against Celery's prefork worker; writes tests/bench/RESULTS.md
+#   make bench    Celeriac (the dist-pgo binary) against Celery's prefork worker; writes tests/bench/RESULTS.md
 #   make fuzz     fuzz the message decoders (FUZZ_SECONDS per target, default 600)
 #   make soak     30 minutes of mixed tasks with broker restarts (SOAK_MINUTES)
 
@@ -16,7 +16,6 @@ CARGO ?= cargo
 PYTHON ?= python3
 
 BIN := $(CARGO_TARGET_DIR)/release/celeriac
-DIST_BIN := $(CARGO_TARGET_DIR)/dist/celeriac
 PLUGIN_OUT := $(CARGO_TARGET_DIR)/plugins
 VENV := $(CARGO_TARGET_DIR)/venv
 RUST_PLUGINS := $(patsubst plugins/%/Cargo.toml,%,$(wildcard plugins/*/Cargo.toml))
@@ -164,11 +163,11 @@ soak: build plugins venv
 
 # Speed is measured here, never asserted in tests. BENCH_ARGS="--tasks 5000 --runs 1" for a quick look.
 # First the host's per-task cost (criterion), then Celeriac against Celery (RESULTS.md, RESULTS.png).
-# The workers compared are the binary one deploys (`make dist`).
-bench: dist plugins example-plugins venv
+# The Celeriac compared is the fastest binary one can deploy (`make dist-pgo`).
+bench: dist-pgo plugins example-plugins venv
 	$(VENV)/bin/pip install -q matplotlib
 	CELERIAC_PLUGIN_DIR=$(PLUGIN_OUT) $(CARGO) bench -j $(JOBS) -p celeriac --bench host_cost
-	CELERIAC_BIN=$(DIST_BIN) CELERIAC_PLUGIN_DIR=$(PLUGIN_OUT) \
+	CELERIAC_BIN=$(PGO_BIN) CELERIAC_PLUGIN_DIR=$(PLUGIN_OUT) \
 		$(VENV)/bin/python tests/bench/bench.py $(BENCH_ARGS)
 
 # Re-create the C bindings after a change to wit/celeriac.wit (needs `cargo install wit-bindgen-cli@0.63.0`).
