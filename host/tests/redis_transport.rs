@@ -164,14 +164,12 @@ async fn messages_are_recorded_under_tags_of_the_workers_own() {
     let mut t = Prefixed::new().await;
     let store = RedisStore::open(URL, &t.options).await.unwrap();
     let same_tag = r#"{"body": "W10=", "headers": {"id": "N"}, "properties": {"delivery_tag": "reused"}}"#;
+    // Compact, with whitespace around it: the script and BRPOP's path each get one.
+    let compact = |n: &str| same_tag.replace('N', n).replace(": ", ":").replace(", ", ",");
     let payloads = [
         same_tag.replace('N', "1"),
-        same_tag.replace('N', "2"),
-        // compact, with whitespace around it.
-        format!(
-            "\n{}\n",
-            same_tag.replace('N', "3").replace(": ", ":").replace(", ", ",")
-        ),
+        format!(" \t{}\r\n", compact("2")),
+        format!("\n{}\n", compact("3")),
     ];
     let queues = ["celery".to_owned()];
     for payload in &payloads[..2] {

@@ -47,8 +47,11 @@ const RESTORE_BATCH: isize = 1000;
 /// queues take turns, one message each, so a batch is shared fairly among them.
 /// ARGV: max, now, max size to record, queues per step, tag prefix, then for each list
 /// the end of its unacked entries (`, "", "<queue>"]`, see [`entry_end`]).
-/// Returns {list, payload, tag} triples; tag is '' for a message that is too large or not
-/// a JSON object (the caller rejects it).
+/// Returns list, payload, tag for each message, one flat array; tag is '' for a message
+/// that is too large or not a JSON object (the caller rejects it). A flat reply, counters
+/// instead of `#t`, and `object_like` trying the first and last bytes before skipping any
+/// whitespace took Redis's time for the script from 5.6 to 5.0 µs a message (SLOWLOG,
+/// batches of 32 messages of 932 bytes).
 /// The message is not parsed here: decoding it to find its publisher's tag was over a
 /// third of this script's cost, and a tag of our own cannot collide with a reused one.
 /// Each `redis.call` costs Redis ~2 µs beyond the command itself (commandstats of a
@@ -56,41 +59,50 @@ const RESTORE_BATCH: isize = 1000;
 /// is a step's only queue is popped with one RPOP of a count (Redis 6.2), and the records
 /// go in one ZADD and one HSET per batch, not one of each per message.
 const POP_AND_RECORD: &str = r"
+local byte = string.byte
 local space = {[9] = true, [10] = true, [13] = true, [32] = true}
 local function object_like(v)
+  if byte(v, 1) == 123 and byte(v, -1) == 125 then return true end
   local first, last = 1, #v
-  while first < last and space[string.byte(v, first)] do first = first + 1 end
-  while last > first and space[string.byte(v, last)] do last = last - 1 end
-  return string.byte(v, first) == 123 and string.byte(v, last) == 125
+  while first < last and space[byte(v, first)] do first = first + 1 end
+  while last > first and space[byte(v, last)] do last = last - 1 end
+  return byte(v, first) == 123 and byte(v, last) == 125
 end
-local out, scores, entries = {}, {}, {}
+local out, taken = {}, 0
+local scores, entries, recorded = {}, {}, 0
 local max = tonumber(ARGV[1])
+local now = ARGV[2]
 local max_size = tonumber(ARGV[3])
 local per_step = tonumber(ARGV[4])
+local prefix = ARGV[5]
 local function record(i, v)
+  taken = taken + 1
   local tag = ''
   if #v <= max_size and object_like(v) then
-    tag = ARGV[5] .. (#out + 1)
-    scores[#scores + 1] = ARGV[2]
-    scores[#scores + 1] = tag
-    entries[#entries + 1] = tag
-    entries[#entries + 1] = '[' .. v .. ARGV[i + 3]
+    tag = prefix .. taken
+    scores[recorded + 1] = now
+    scores[recorded + 2] = tag
+    entries[recorded + 1] = tag
+    entries[recorded + 2] = '[' .. v .. ARGV[i + 3]
+    recorded = recorded + 2
   end
-  out[#out + 1] = {KEYS[i], v, tag}
+  out[3 * taken - 2] = KEYS[i]
+  out[3 * taken - 1] = v
+  out[3 * taken] = tag
 end
 for first = 3, #KEYS, per_step do
   local last = math.min(first + per_step - 1, #KEYS)
   if first == last then
-    local popped = redis.call('RPOP', KEYS[first], max - #out)
+    local popped = redis.call('RPOP', KEYS[first], max - taken)
     if popped then
       for _, v in ipairs(popped) do record(first, v) end
     end
   else
     local more = true
-    while more and #out < max do
+    while more and taken < max do
       more = false
       for i = first, last do
-        if #out >= max then break end
+        if taken >= max then break end
         local v = redis.call('RPOP', KEYS[i])
         if v then
           record(i, v)
@@ -99,11 +111,11 @@ for first = 3, #KEYS, per_step do
       end
     end
   end
-  if #out >= max then break end
+  if taken >= max then break end
 end
 -- In slices: unpack() is bounded by Lua's stack (8,000 values).
-for from = 1, #scores, 1000 do
-  local to = math.min(from + 999, #scores)
+for from = 1, recorded, 1000 do
+  local to = math.min(from + 999, recorded)
   redis.call('ZADD', KEYS[2], unpack(scores, from, to))
   redis.call('HSET', KEYS[1], unpack(entries, from, to))
 end
@@ -392,22 +404,20 @@ impl Store for RedisStore {
         for (key, queue) in &lists {
             invocation.key(key).arg(entry_end(queue));
         }
-        let popped: Vec<(String, String, String)> =
-            invocation.invoke_async(&mut self.commands.clone()).await.map_err(op)?;
+        let popped: Vec<String> = invocation.invoke_async(&mut self.commands.clone()).await.map_err(op)?;
         if !popped.is_empty() || block.is_zero() {
-            return Ok(popped
-                .into_iter()
-                .map(|(key, payload, tag)| {
-                    let tag = if tag.is_empty() { untracked_tag() } else { tag };
-                    Taken {
-                        queue: self.queue_of(&key),
-                        tag,
-                        payload,
-                        redelivered: false,
-                        deferred_writes: None,
-                    }
-                })
-                .collect());
+            let mut fields = popped.into_iter();
+            let mut taken = Vec::with_capacity(fields.len() / 3);
+            while let (Some(key), Some(payload), Some(tag)) = (fields.next(), fields.next(), fields.next()) {
+                taken.push(Taken {
+                    queue: self.queue_of(&key),
+                    tag: if tag.is_empty() { untracked_tag() } else { tag },
+                    payload,
+                    redelivered: false,
+                    deferred_writes: None,
+                });
+            }
+            return Ok(taken);
         }
         // Then wait for the next one. BRPOP's own timeout bounds the wait; the outer one
         // catches a dead connection.
