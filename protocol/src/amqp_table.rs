@@ -6,13 +6,16 @@ use serde_json::{Map, Number, Value};
 
 use super::headers::{shared_name, Headers};
 
-/// AMQP header table → message headers (Celery's headers are JSON-shaped).
+/// AMQP header table → message headers (Celery's headers are JSON-shaped). A table's
+/// keys are distinct, so no name is searched for among the others.
 pub fn table_to_headers(table: &FieldTable) -> Headers {
-    table
-        .inner()
-        .iter()
-        .map(|(k, v)| (shared_name(k.as_str()), value_to_json(v)))
-        .collect()
+    Headers::from_distinct(
+        table
+            .inner()
+            .iter()
+            .map(|(k, v)| (shared_name(k.as_str()), value_to_json(v)))
+            .collect(),
+    )
 }
 
 fn entries_of(table: &FieldTable) -> Map<String, Value> {

@@ -25,12 +25,21 @@ const USUAL_HEADERS: usize = 24;
 #[derive(Debug, Clone, Default)]
 pub struct Headers(Vec<(Cow<'static, str>, Value)>);
 
-/// `known(name)`: `name` as a `&'static str` if it is one of these, without copying it.
+/// `known(name)`: `name` as a `&'static str` if it is one of these, without copying it,
+/// and which one it is.
 macro_rules! known_names {
-    ($($name:literal),* $(,)?) => {
-        fn known(name: &str) -> Option<&'static str> {
+    ($($variant:ident = $name:literal),* $(,)?) => {
+        #[derive(Debug, Clone, Copy)]
+        enum Known {
+            $($variant,)*
+        }
+
+        // Each name has a bit of a `u32` (`Known::bit`).
+        const _: () = assert!([$($name),*].len() <= 32);
+
+        fn known(name: &str) -> Option<(&'static str, Known)> {
             match name {
-                $($name => Some($name),)*
+                $($name => Some(($name, Known::$variant)),)*
                 _ => None,
             }
         }
@@ -39,35 +48,50 @@ macro_rules! known_names {
 
 // The headers of a Celery 5 task message, and others Celery and kombu send.
 known_names!(
-    "lang",
-    "task",
-    "id",
-    "shadow",
-    "eta",
-    "expires",
-    "group",
-    "group_index",
-    "retries",
-    "timelimit",
-    "root_id",
-    "parent_id",
-    "argsrepr",
-    "kwargsrepr",
-    "origin",
-    "ignore_result",
-    "replaced_task_nesting",
-    "stamped_headers",
-    "stamps",
-    "compression",
+    Lang = "lang",
+    Task = "task",
+    Id = "id",
+    Shadow = "shadow",
+    Eta = "eta",
+    Expires = "expires",
+    Group = "group",
+    GroupIndex = "group_index",
+    Retries = "retries",
+    Timelimit = "timelimit",
+    RootId = "root_id",
+    ParentId = "parent_id",
+    Argsrepr = "argsrepr",
+    Kwargsrepr = "kwargsrepr",
+    Origin = "origin",
+    IgnoreResult = "ignore_result",
+    ReplacedTaskNesting = "replaced_task_nesting",
+    StampedHeaders = "stamped_headers",
+    Stamps = "stamps",
+    Compression = "compression",
 );
+
+impl Known {
+    /// This name's bit in a set of names seen.
+    fn bit(self) -> u32 {
+        1 << self as u32
+    }
+}
 
 /// A header name from a message: shared if Celery's, else copied.
 pub(crate) fn shared_name(name: &str) -> Cow<'static, str> {
-    known(name).map_or_else(|| Cow::Owned(name.to_owned()), Cow::Borrowed)
+    known(name).map_or_else(|| Cow::Owned(name.to_owned()), |(name, _)| Cow::Borrowed(name))
 }
 
-/// A header name as serde reads it: [`shared_name`], or the string serde made already.
-struct Name(Cow<'static, str>);
+/// A header name as serde reads it: [`shared_name`], or the string serde made already, and
+/// which of Celery's names it is.
+struct Name(Cow<'static, str>, Option<Known>);
+
+impl Name {
+    /// One of Celery's names, shared.
+    fn celerys(name: &str) -> Option<Name> {
+        known(name).map(|(shared, which)| Name(Cow::Borrowed(shared), Some(which)))
+    }
+}
 
 impl<'de> Deserialize<'de> for Name {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Name, D::Error> {
@@ -80,11 +104,11 @@ impl<'de> Deserialize<'de> for Name {
             }
 
             fn visit_str<E>(self, name: &str) -> Result<Name, E> {
-                Ok(Name(shared_name(name)))
+                Ok(Name::celerys(name).unwrap_or_else(|| Name(Cow::Owned(name.to_owned()), None)))
             }
 
             fn visit_string<E>(self, name: String) -> Result<Name, E> {
-                Ok(Name(known(&name).map_or(Cow::Owned(name), Cow::Borrowed)))
+                Ok(Name::celerys(&name).unwrap_or(Name(Cow::Owned(name), None)))
             }
         }
         deserializer.deserialize_str(NameVisitor)
@@ -156,6 +180,13 @@ impl<K: Into<Cow<'static, str>>> FromIterator<(K, Value)> for Headers {
     }
 }
 
+impl Headers {
+    /// Headers from names that are distinct already (an AMQP table's keys), kept in order.
+    pub(crate) fn from_distinct(entries: Vec<(Cow<'static, str>, Value)>) -> Headers {
+        Headers(entries)
+    }
+}
+
 impl From<Map<String, Value>> for Headers {
     /// A JSON object's keys are unique already.
     fn from(map: Map<String, Value>) -> Headers {
@@ -185,10 +216,22 @@ impl<'de> Deserialize<'de> for Headers {
 
             fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Headers, A::Error> {
                 let mut headers = Headers(Vec::with_capacity(access.size_hint().unwrap_or(USUAL_HEADERS)));
-                while let Some((Name(name), value)) = access.next_entry::<Name, Value>()? {
-                    // A repeated name keeps its first place and its last value, as in a
-                    // JSON object read by Python.
-                    headers.insert(name, value);
+                // Celery's names read so far. Every name read here goes through `known`, so
+                // one of Celery's is new unless its bit is set, and needs no search of the
+                // names before it (which compared most of them with most others).
+                let mut seen = 0u32;
+                while let Some((Name(name, which), value)) = access.next_entry::<Name, Value>()? {
+                    match which {
+                        Some(which) if seen & which.bit() == 0 => {
+                            seen |= which.bit();
+                            headers.0.push((name, value));
+                        }
+                        // A repeated name keeps its first place and its last value, as in a
+                        // JSON object read by Python.
+                        _ => {
+                            headers.insert(name, value);
+                        }
+                    }
                 }
                 Ok(headers)
             }
@@ -220,6 +263,13 @@ mod tests {
         let as_object: Map<String, Value> = serde_json::from_str(r#"{"x": 1, "y": 2, "x": 3}"#).unwrap();
         assert_eq!(headers, Headers::from(as_object));
         assert!(serde_json::from_str::<Headers>("[1]").is_err());
+        // Celery's names too, one repeated with an escape (read as a `String` by serde).
+        let celerys: Headers =
+            serde_json::from_str(r#"{"task": "a", "id": "i", "x": 1, "t\u0061sk": "b", "task": "c"}"#).unwrap();
+        assert_eq!(
+            serde_json::to_string(&celerys).unwrap(),
+            r#"{"task":"c","id":"i","x":1}"#
+        );
     }
 
     #[test]
