@@ -86,7 +86,7 @@ def main():
                   f"threads busy: {threads}", flush=True)
     for binary, figures in rates.items():
         print(f"{binary}: median {statistics.median(figures):.0f} tasks/s of {[round(r) for r in figures]}")
-    if len(args.binaries) == 2:
+    if len(rates) == 2:
         print(paired_verdict(*rates.values(), names=args.binaries))
 
 
@@ -101,8 +101,9 @@ def sign_test(ahead, behind):
 
 
 def paired_verdict(first, second, names):
-    """The second binary against the first, round by round: the two drains of a round ran
-    minutes apart, so their difference carries less of the machine's drift than medians."""
+    """The second binary against the first, round by round: the two drains of a round run
+    within a minute of each other, so their difference carries less of the machine's drift
+    over the whole run than the medians do."""
     changes = [(b - a) / a for a, b in zip(first, second)]
     ahead = sum(1 for c in changes if c > 0)
     behind = sum(1 for c in changes if c < 0)
