@@ -4,7 +4,8 @@ For each broker (Redis; RabbitMQ with results on Redis) it (1) fills the queue w
 Celery client while no worker runs, (2) starts the worker (`-c 2`) and times the drain
 until every result is stored, with the CPU time each task cost the worker and the broker
 and backend servers, (3) measures round-trip latency of sequential `send_task(...).get()`
-calls, counting the client's own sleeps, and (4) records the worker's RSS (all processes)
+calls, counting the client's own sleeps, and the worker's part of them (until the result
+key exists, polled without sleeping), and (4) records the worker's RSS (all processes)
 while idle and at the end of the drain; then (5) drains N tasks sent with `ignore_result=True`.
 Celeriac and Celery alternate, `--runs` times each; medians go to RESULTS.md, with a
 chart in RESULTS.png. Beside them: the Celery client's own round-trip floor, the raw
@@ -251,6 +252,23 @@ def round_trips(app, calls, check=True, sleeps=None):
     return sorted(latencies)
 
 
+def result_latencies(app, calls):
+    """Latencies in ms of `calls` sequential tasks, from `send_task` returning until the
+    result key exists, sorted: the worker's own part of a round trip. The key is polled
+    without sleeping, so the Celery client's drainer loop and its sleeps are not in it.
+    Results are on Redis with either broker."""
+    client = redis.Redis("127.0.0.1", 6379, db=REDIS_DB)
+    found = []
+    for i in range(calls):
+        key = f"celery-task-meta-{app.send_task('math.add', (i, 1)).id}"
+        sent = time.perf_counter()
+        while not client.exists(key):
+            pass
+        found.append((time.perf_counter() - sent) * 1000)
+    client.close()
+    return sorted(found)
+
+
 def p50(latencies):
     return latencies[len(latencies) // 2]
 
@@ -342,12 +360,15 @@ def one_run(kind, broker, tasks, rtt_calls):
             rss_idle = rss_kb(process.pid)
             with ClientSleeps() as sleeps:
                 latencies = round_trips(app, rtt_calls, sleeps=sleeps)
+            own = result_latencies(app, rtt_calls)
         finally:
             stop(process)
     return {
         "rate": tasks / drain,
         "p50": p50(latencies),
         "p99": p99(latencies),
+        "own p50": p50(own),
+        "own p99": p99(own),
         "rss_idle": rss_idle / 1024,
         "rss_busy": rss_busy / 1024,
         "sleeps": statistics.median(sleeps.per_call),
@@ -473,7 +494,9 @@ def main():
         f"Celeriac binary: {binary}.",
         "Drain: tasks/s to run a pre-filled queue of `math.add` and store every result (or, results",
         "ignored, until every task is acknowledged). Round trip: one `send_task(...).get()` from the",
-        "Python Celery client at a time. Chart: `RESULTS.png`.",
+        "Python Celery client at a time. Worker's part: from `send_task` returning until the result key",
+        "exists, polled without sleeping, one task at a time (the rest of a round trip is the client's",
+        "sending, subscribing and waiting). Chart: `RESULTS.png`.",
         "",
         "| broker | figure | Celeriac | Celery prefork | Celeriac / Celery |",
         "| --- | --- | ---: | ---: | ---: |",
@@ -485,6 +508,8 @@ def main():
             f"| {name} | drain, results ignored (tasks/s) | {c['ignored']:.0f} | {p['ignored']:.0f} | {c['ignored'] / p['ignored']:.1f}× |",
             f"| {name} | round trip p50 (ms) | {c['p50']:.2f} | {p['p50']:.2f} | {c['p50'] / p['p50']:.2f} |",
             f"| {name} | round trip p99 (ms) | {c['p99']:.2f} | {p['p99']:.2f} | {c['p99'] / p['p99']:.2f} |",
+            f"| {name} | worker's part p50 (ms) | {c['own p50']:.2f} | {p['own p50']:.2f} | {c['own p50'] / p['own p50']:.2f} |",
+            f"| {name} | worker's part p99 (ms) | {c['own p99']:.2f} | {p['own p99']:.2f} | {c['own p99'] / p['own p99']:.2f} |",
             f"| {name} | RSS idle (MiB) | {c['rss_idle']:.1f} | {p['rss_idle']:.1f} | {c['rss_idle'] / p['rss_idle']:.2f} |",
             f"| {name} | peak RSS while draining (MiB) | {c['rss_busy']:.1f} | {p['rss_busy']:.1f} | {c['rss_busy'] / p['rss_busy']:.2f} |",
         ]
@@ -512,6 +537,9 @@ def main():
         "- Client floor (Redis): the same client's round trip against `null_worker.py`, a loop that only",
         f"  takes each message and stores a fixed result (BRPOP, then SET + PUBLISH): p50 {floor['p50']:.2f} ms,",
         f"  p99 {floor['p99']:.2f} ms. That part of every round trip is the client's and the broker's.",
+        f"- Worker's part (Redis): Celeriac's result exists {rows[0][1]['celeriac']['own p50']:.2f} ms after `send_task` returns (p50),",
+        f"  {100 * rows[0][1]['celeriac']['own p50'] / rows[0][1]['celeriac']['p50']:.0f}% of its round trip p50; "
+        f"Celery's {rows[0][1]['celery']['own p50']:.2f} ms, {100 * rows[0][1]['celery']['own p50'] / rows[0][1]['celery']['p50']:.0f}% of its own.",
         f"- Client sleeps: while `.get()` waits, Celery's result drainer calls `time.sleep(0)`, "
         f"{rows[0][1]['celeriac']['sleeps']:.0f} times",
         f"  in the median round trip (Redis, Celeriac); one costs {sleep_cost:.0f} µs in this process (the kernel's default",

@@ -5,21 +5,19 @@ binaries given on the command line alternate, so a noisy machine weighs on each 
 
     python worker_latency.py --calls 1000 --pairs 3 OLD_BINARY NEW_BINARY
 
-Binaries default to $CELERIAC_BIN. Uses Redis database 13, flushed.
+Binaries default to $CELERIAC_BIN. Uses Redis database 14 (as `bench.py`), flushed.
 """
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import redis
 from celery import Celery
 
-from bench import BIN, PLUGINS, p50, start_celeriac, stop, wait_ready
+from bench import BIN, PLUGINS, REDIS_DB, p50, result_latencies, start_celeriac, stop, wait_ready
 
-DB = 13
-URL = f"redis://127.0.0.1:6379/{DB}"
+URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 
 
 class Broker:
@@ -29,24 +27,17 @@ class Broker:
 
 def latencies(binary, calls):
     """Sorted ms from `send_task` returning to the result key being present."""
-    client = redis.Redis("127.0.0.1", 6379, db=DB)
-    client.flushdb()
+    redis.Redis("127.0.0.1", 6379, db=REDIS_DB).flushdb()
     app = Celery("latency-client", broker=URL, backend=URL)
     with tempfile.TemporaryFile("w+") as log:
         process = start_celeriac(Broker, log, binary=binary)
         try:
             wait_ready(app)
-            found = []
-            for i in range(calls):
-                key = f"celery-task-meta-{app.send_task('math.add', (i, 1)).id}"
-                sent = time.perf_counter()
-                while not client.exists(key):
-                    pass
-                found.append((time.perf_counter() - sent) * 1000)
+            found = result_latencies(app, calls)
         finally:
             stop(process)
     app.close()
-    return sorted(found)
+    return found
 
 
 def main():
