@@ -447,10 +447,13 @@ def chart(rows, path):
     drain.legend()
     for i, (name, m) in enumerate(rows):
         for j, kind in enumerate(("celeriac", "celery")):
-            rtt.bar(i + (j - 0.5) * width, m[kind]["p50"], width, color=("#2a9d8f", "#e76f51")[j])
+            x = i + (j - 0.5) * width
+            rtt.bar(x, m[kind]["p50"], width, color=("#2a9d8f", "#e76f51")[j])
+            rtt.bar(x, m[kind]["own p50"], width / 2, color="#264653", label="worker's part" if i + j == 0 else None)
     rtt.set_xticks(range(len(rows)), [name for name, _ in rows])
     rtt.set_ylabel("ms")
     rtt.set_title("Round trip p50, send_task().get()")
+    rtt.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
