@@ -74,3 +74,37 @@ if ! command -v chromium >/dev/null; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
 fi
+
+# Redis 6.0, the version Debian 11 and Ubuntu 22.04 ship, for the test that the worker
+# takes tasks from a server older than 6.2 (no `RPOP key count`): Debian 11's own build,
+# unpacked with the libraries it links under $CARGO_TARGET_DIR/redis-6.0 (not installed
+# system-wide, where it would clash with the Redis above). The tests start it on a port
+# of their own.
+OLD_REDIS="${CARGO_TARGET_DIR:-$PWD/target}/redis-6.0"
+if [ ! -x "$OLD_REDIS/redis-server" ]; then
+  echo "fetching Redis 6.0 (Debian 11's packages) into $OLD_REDIS"
+  rm -rf "$OLD_REDIS.tmp" && mkdir -p "$OLD_REDIS.tmp/debs"
+  # Package files are looked up in the archive's index, so a security update's new name
+  # is found; the security archive first, where the newest redis and libssl1.1 are.
+  for archive in debian-security/dists/bullseye-security debian/dists/bullseye; do
+    curl -fsS "http://deb.debian.org/$archive/main/binary-amd64/Packages.xz" | xz -d \
+      | awk -v base="http://deb.debian.org/${archive%%/*}/" '
+          /^Package: /  { want = ($2 ~ /^(redis-tools|libssl1\.1|liblua5\.1-0|lua-cjson|lua-bitop)$/) }
+          want && /^Filename: / { print $2 " " base $2 }'
+  done | while read -r file url; do
+    name=$(basename "$file" | cut -d_ -f1)
+    [ -e "$OLD_REDIS.tmp/debs/$name.deb" ] || curl -fsS -o "$OLD_REDIS.tmp/debs/$name.deb" "$url"
+  done
+  for deb in "$OLD_REDIS.tmp"/debs/*.deb; do dpkg-deb -x "$deb" "$OLD_REDIS.tmp/root"; done
+  rm -rf "$OLD_REDIS.tmp/debs"
+  # Redis runs as the RDB checker when called by that name, so it gets the server's.
+  cp "$OLD_REDIS.tmp/root/usr/bin/redis-check-rdb" "$OLD_REDIS.tmp/root/usr/bin/redis-server"
+  cat > "$OLD_REDIS.tmp/redis-server" <<'WRAPPER'
+#!/bin/sh
+here=$(dirname "$(readlink -f "$0")")
+LD_LIBRARY_PATH="$here/root/usr/lib/x86_64-linux-gnu" exec "$here/root/usr/bin/redis-server" "$@"
+WRAPPER
+  chmod +x "$OLD_REDIS.tmp/redis-server"
+  "$OLD_REDIS.tmp/redis-server" --version | grep -q "v=6\.0\." || { echo "the Redis 6.0 unpacked is not 6.0" >&2; exit 1; }
+  rm -rf "$OLD_REDIS" && mv "$OLD_REDIS.tmp" "$OLD_REDIS"
+fi

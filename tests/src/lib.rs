@@ -61,10 +61,14 @@ impl Sandbox {
     /// A sandbox on the real Redis (127.0.0.1:6379), isolated by a fresh `global_keyprefix`
     /// (results are keyed by task id, which is unique anyway).
     pub fn redis() -> Sandbox {
+        Sandbox::redis_at("redis://127.0.0.1:6379/0")
+    }
+
+    /// [`Sandbox::redis`] on the Redis server at `url`, broker and backend alike.
+    pub fn redis_at(url: &str) -> Sandbox {
         let mut sandbox = Sandbox::new();
-        let url = "redis://127.0.0.1:6379/0".to_owned();
-        sandbox.broker = Some(url.clone());
-        sandbox.backend = Some(url);
+        sandbox.broker = Some(url.to_owned());
+        sandbox.backend = Some(url.to_owned());
         let prefix = sandbox
             .path()
             .file_name()
@@ -190,6 +194,50 @@ impl WorkerProcess {
 }
 
 impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A private Redis 6.0 server (Debian 11's, which `make services` unpacks under the target
+/// folder; `CELERIAC_REDIS_6_0` names another) on a free port; stopped when dropped.
+pub struct OldRedis {
+    child: Child,
+    port: u16,
+}
+
+impl OldRedis {
+    pub fn start() -> OldRedis {
+        let server = std::env::var_os("CELERIAC_REDIS_6_0")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| target_dir().join("redis-6.0/redis-server"));
+        assert!(server.exists(), "{} is missing: run `make services`", server.display());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new(&server)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start Redis 6.0");
+        let server = OldRedis { child, port };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "Redis 6.0 did not come up on port {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for OldRedis {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

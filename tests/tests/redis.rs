@@ -1,6 +1,6 @@
 //! `celeriac call` and `celeriac result` against the real Redis, with a worker on it.
 
-use celeriac_tests::{plugin, stderr, stdout, Sandbox};
+use celeriac_tests::{plugin, stderr, stdout, OldRedis, Sandbox};
 
 #[test]
 fn call_and_result_over_redis() {
@@ -18,6 +18,33 @@ fn call_and_result_over_redis() {
         "{}",
         stderr(&out)
     );
+}
+
+/// Redis 6.0 (Debian 11's, Ubuntu 22.04's) has no `RPOP key count`: the worker takes one
+/// message a call there. The tasks are queued before the worker starts, so that its first
+/// takes find many waiting; the last is sent to an idle worker, which waits in BRPOP.
+#[test]
+fn takes_tasks_from_redis_6_0() {
+    let server = OldRedis::start();
+    let sandbox = Sandbox::redis_at(&server.url());
+    sandbox.install(&plugin("math"), "math.wasm");
+    let ids: Vec<String> = (0..30)
+        .map(|n| stdout(&sandbox.run(&["call", "math.add", &n.to_string(), "100"])))
+        .collect();
+    let worker = sandbox.worker(&[]);
+    for (n, id) in ids.iter().enumerate() {
+        let out = sandbox.run(&["result", id, "--wait", "--timeout", "20"]);
+        assert_eq!(
+            stdout(&out),
+            (n + 100).to_string(),
+            "{}\n{}",
+            stderr(&out),
+            worker.log()
+        );
+    }
+    let out = sandbox.run(&["call", "math.add", "2", "3", "--wait", "--timeout", "20"]);
+    assert_eq!(stdout(&out), "5", "{}\n{}", stderr(&out), worker.log());
+    assert!(worker.log().contains("older than 6.2"), "{}", worker.log());
 }
 
 #[test]

@@ -45,8 +45,9 @@ const RESTORE_BATCH: isize = 1000;
 /// KEYS: unacked, unacked_index, then the lists, priority step by step, each step with
 /// one list per queue (ARGV[4] queues). Lower steps are served first; within a step the
 /// queues take turns, one message each, so a batch is shared fairly among them.
-/// ARGV: max, now, max size to record, queues per step, tag prefix, then for each list
-/// the end of its unacked entries (`, "", "<queue>"]`, see [`entry_end`]).
+/// ARGV: max, now, max size to record, queues per step, tag prefix, '1' if the server
+/// pops a count (Redis 6.2), then for each list the end of its unacked entries
+/// (`, "", "<queue>"]`, see [`entry_end`]).
 /// Returns list, payload, tag for each message, one flat array; tag is '' for a message
 /// that is too large or not a JSON object (the caller rejects it). A flat reply, counters
 /// instead of `#t`, and `object_like` trying the first and last bytes before skipping any
@@ -56,8 +57,9 @@ const RESTORE_BATCH: isize = 1000;
 /// third of this script's cost, and a tag of our own cannot collide with a reused one.
 /// Each `redis.call` costs Redis ~2 µs beyond the command itself (commandstats of a
 /// 60,000-task drain: scripts 19.8 µs a task, the commands in them 6.2), so a list that
-/// is a step's only queue is popped with one RPOP of a count (Redis 6.2), and the records
-/// go in one ZADD and one HSET per batch, not one of each per message.
+/// is a step's only queue is popped with one RPOP of a count where the server has it
+/// (Redis 6.2; older servers pop one message a call), and the records go in one ZADD and
+/// one HSET per batch, not one of each per message.
 const POP_AND_RECORD: &str = r"
 local byte = string.byte
 local space = {[9] = true, [10] = true, [13] = true, [32] = true}
@@ -75,6 +77,7 @@ local now = ARGV[2]
 local max_size = tonumber(ARGV[3])
 local per_step = tonumber(ARGV[4])
 local prefix = ARGV[5]
+local pops_count = ARGV[6] == '1'
 local function record(i, v)
   taken = taken + 1
   local tag = ''
@@ -83,7 +86,7 @@ local function record(i, v)
     scores[recorded + 1] = now
     scores[recorded + 2] = tag
     entries[recorded + 1] = tag
-    entries[recorded + 2] = '[' .. v .. ARGV[i + 3]
+    entries[recorded + 2] = '[' .. v .. ARGV[i + 4]
     recorded = recorded + 2
   end
   out[3 * taken - 2] = KEYS[i]
@@ -92,7 +95,7 @@ local function record(i, v)
 end
 for first = 3, #KEYS, per_step do
   local last = math.min(first + per_step - 1, #KEYS)
-  if first == last then
+  if first == last and pops_count then
     local popped = redis.call('RPOP', KEYS[first], max - taken)
     if popped then
       for _, v in ipairs(popped) do record(first, v) end
@@ -149,6 +152,8 @@ pub struct RedisStore {
     unacked_index: String,
     unacked_mutex: String,
     pop_and_record: Script,
+    /// Whether the server pops a count of messages at once (`RPOP key count`, Redis 6.2).
+    pops_count: bool,
     /// Messages bigger than this are not recorded (the caller rejects them unread).
     max_message_size: usize,
     /// Unacked tags are `<this><take>:<n>`: unique to this store, whatever the publisher
@@ -208,8 +213,11 @@ impl RedisStore {
         let key = |option: &str, default: &str| {
             format!("{prefix}{}", options.get(option).map(String::as_str).unwrap_or(default))
         };
+        let mut commands = connect(&client, url, Some(Duration::from_secs(10))).await?;
+        let pops_count = pops_count(&mut commands).await;
         Ok(RedisStore {
-            commands: connect(&client, url, Some(Duration::from_secs(10))).await?,
+            commands,
+            pops_count,
             blocking: connect(&client, url, None).await?,
             db,
             unacked: key("unacked_key", "unacked"),
@@ -314,6 +322,31 @@ impl RedisStore {
     }
 }
 
+/// Whether the server pops a count of messages with one RPOP (Redis 6.2 and later), read
+/// from `INFO server`. Debian 11 and Ubuntu 22.04 ship Redis 6.0, which takes one a call;
+/// a server that will not say is asked one at a time too, which works everywhere.
+async fn pops_count(commands: &mut ConnectionManager) -> bool {
+    let info: Result<String, _> = redis::cmd("INFO").arg("server").query_async(commands).await;
+    match info.as_deref().ok().and_then(redis_version) {
+        Some(version) if version >= (6, 2) => true,
+        Some((major, minor)) => {
+            tracing::info!("Redis {major}.{minor} is older than 6.2: taking one message per RPOP");
+            false
+        }
+        None => {
+            tracing::warn!("cannot read the Redis version (INFO server); taking one message per RPOP");
+            false
+        }
+    }
+}
+
+/// The major and minor version in an `INFO server` reply (`redis_version:6.0.16`).
+fn redis_version(info: &str) -> Option<(u32, u32)> {
+    let version = info.lines().find_map(|line| line.strip_prefix("redis_version:"))?;
+    let mut parts = version.trim().split('.').map(str::parse::<u32>);
+    Some((parts.next()?.ok()?, parts.next()?.ok()?))
+}
+
 /// The fanout channel kombu uses: `/<db>.<exchange>` plus `/<routing_key>` if any, after
 /// the global key prefix.
 pub fn fanout_channel(prefix: &str, db: i64, exchange: &str, routing_key: &str) -> String {
@@ -400,7 +433,8 @@ impl Store for RedisStore {
             .arg(unix_now())
             .arg(self.max_message_size)
             .arg(queues.len().max(1))
-            .arg(self.next_tag_prefix());
+            .arg(self.next_tag_prefix())
+            .arg(if self.pops_count { "1" } else { "0" });
         for (key, queue) in &lists {
             invocation.key(key).arg(entry_end(queue));
         }
@@ -557,6 +591,15 @@ impl Store for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_version_from_info() {
+        let info = "# Server\r\nredis_version:6.0.16\r\nredis_git_sha1:00000000\r\n";
+        assert_eq!(redis_version(info), Some((6, 0)));
+        assert_eq!(redis_version("redis_version:7.2.4\r\n"), Some((7, 2)));
+        assert_eq!(redis_version("# Server\r\nredis_mode:standalone\r\n"), None);
+        assert_eq!(redis_version("redis_version:unstable\r\n"), None);
+    }
 
     #[test]
     fn priorities_map_to_kombu_steps() {
