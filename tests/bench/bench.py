@@ -485,7 +485,8 @@ def main():
     ceiling = redis_ceiling()
     cost = host_cost_us()
     sleep_cost = sleep0_us()
-    redis_rate = rows[0][1]["celeriac"]["rate"]
+    # The "Limits" lines speak of the Redis broker, the first of `rows`.
+    redis_celeriac, redis_celery = rows[0][1]["celeriac"], rows[0][1]["celery"]
     binary = f"`{BIN.relative_to(TARGET)}` under the target folder" if BIN.is_relative_to(TARGET) else f"`{BIN}`"
 
     lines = [
@@ -540,29 +541,29 @@ def main():
         "- Client floor (Redis): the same client's round trip against `null_worker.py`, a loop that only",
         f"  takes each message and stores a fixed result (BRPOP, then SET + PUBLISH): p50 {floor['p50']:.2f} ms,",
         f"  p99 {floor['p99']:.2f} ms. That part of every round trip is the client's and the broker's.",
-        f"- Worker's part (Redis): Celeriac's result exists {rows[0][1]['celeriac']['own p50']:.2f} ms after `send_task` returns (p50),",
-        f"  {100 * rows[0][1]['celeriac']['own p50'] / rows[0][1]['celeriac']['p50']:.0f}% of its round trip p50; "
-        f"Celery's {rows[0][1]['celery']['own p50']:.2f} ms, {100 * rows[0][1]['celery']['own p50'] / rows[0][1]['celery']['p50']:.0f}% of its own.",
+        f"- Worker's part (Redis): Celeriac's result exists {redis_celeriac['own p50']:.2f} ms after `send_task` returns (p50),",
+        f"  {100 * redis_celeriac['own p50'] / redis_celeriac['p50']:.0f}% of its round trip p50; "
+        f"Celery's {redis_celery['own p50']:.2f} ms, {100 * redis_celery['own p50'] / redis_celery['p50']:.0f}% of its own.",
         f"- Client sleeps: while `.get()` waits, Celery's result drainer calls `time.sleep(0)`, "
-        f"{rows[0][1]['celeriac']['sleeps']:.0f} times",
+        f"{redis_celeriac['sleeps']:.0f} times",
         f"  in the median round trip (Redis, Celeriac); one costs {sleep_cost:.0f} µs in this process (the kernel's default",
-        f"  timer slack is 50 µs), so about {rows[0][1]['celeriac']['sleeps'] * sleep_cost / 1000:.2f} ms of such a round trip is the client asleep. A result",
+        f"  timer slack is 50 µs), so about {redis_celeriac['sleeps'] * sleep_cost / 1000:.2f} ms of such a round trip is the client asleep. A result",
         "  already stored when the client first reads the key (0.2–0.3 ms after its LPUSH on this machine, seen",
         "  with `redis-cli monitor`) skips the drainer's loop and all but one of those sleeps. That short",
         f"  path was taken in {100 * floor['short']:.0f}% of the null worker's round trips, "
-        f"{100 * rows[0][1]['celeriac']['short']:.0f}% of Celeriac's and "
-        f"{100 * rows[0][1]['celery']['short']:.0f}% of Celery's (Redis).",
+        f"{100 * redis_celeriac['short']:.0f}% of Celeriac's and "
+        f"{100 * redis_celery['short']:.0f}% of Celery's (Redis).",
         "- Client backlog: a `.get()` that finds its result at the first read leaves its subscription's",
         "  messages unread (the subscribe and unsubscribe replies, the result's PUBLISH), and the next",
         "  `.get()` that has to wait reads through all of them, one poll and one sleep each. The slowest 1%",
         "  of round trips (Redis) slept a median of "
-        f"{rows[0][1]['celeriac']['slowest sleeps']:.0f} times after {rows[0][1]['celeriac']['slowest after']:.0f} short-path round trips (Celeriac), "
+        f"{redis_celeriac['slowest sleeps']:.0f} times after {redis_celeriac['slowest after']:.0f} short-path round trips (Celeriac), "
         f"{floor['slowest sleeps']:.0f} times after {floor['slowest after']:.0f} (null worker),",
-        f"  {rows[0][1]['celery']['slowest sleeps']:.0f} times after {rows[0][1]['celery']['slowest after']:.0f} (Celery): "
+        f"  {redis_celery['slowest sleeps']:.0f} times after {redis_celery['slowest after']:.0f} (Celery): "
         "where results mostly come first, the p99 is this backlog's.",
         f"- Redis ceiling: {ceiling:.0f} tasks/s if Redis did nothing but the commands one task needs on the",
         "  worker's side (RPOP, ZADD, HSET, GET, SET EX, PUBLISH, ZREM, HDEL; `redis-benchmark -P 64`).",
-        f"  Celeriac's Redis drain reaches {100 * redis_rate / ceiling:.0f}% of it; the worker's CPU, not Redis, is the limit",
+        f"  Celeriac's Redis drain reaches {100 * redis_celeriac['rate'] / ceiling:.0f}% of it; the worker's CPU, not Redis, is the limit",
         "  on this machine's two cores.",
     ]
     if cost:
