@@ -26,6 +26,8 @@ sys.path.insert(0, str(ROOT / "sdk" / "celery"))
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
 BIN = Path(os.environ.get("CELERIAC_BIN", TARGET / "release" / "celeriac"))
 PLUGINS = Path(os.environ.get("CELERIAC_PLUGIN_DIR", TARGET / "plugins"))
+# Debian 11's Redis 6.0, which `make services` unpacks under the target folder.
+REDIS_6_0 = Path(os.environ.get("CELERIAC_REDIS_6_0", TARGET / "redis-6.0" / "redis-server"))
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
 # Database 14 is the benchmarks' (tests/bench), which flush it: a bench run beside the tests
@@ -217,10 +219,10 @@ def wait_for_port(port, server, what, timeout, why=lambda: ""):
             time.sleep(0.1)
 
 
-def start_redis(port, folder):
+def start_redis(port, folder, server="redis-server"):
     """A private redis-server (append-only, so a restart keeps its data) on `port`."""
     process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+        [str(server), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
          "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )

@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import signal
+import subprocess
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -17,7 +18,9 @@ import redis
 from billiard.exceptions import TimeLimitExceeded
 from celery.exceptions import NotRegistered, TaskRevokedError
 
-from conftest import REDIS_HOST, REDIS_PORT, celery_app, eventually, received_ids
+from celery import chord
+
+from conftest import BIN, REDIS_6_0, REDIS_HOST, REDIS_PORT, celery_app, eventually, free_port, received_ids, start_redis
 
 TIMEOUT = 60
 def url(db, port=REDIS_PORT):
@@ -362,3 +365,62 @@ def test_an_idle_worker_keeps_its_threads_on_one_cpu_and_spreads_them_for_two_ta
     assert eventually(lambda: set(thread_cpus(pid)) == {everywhere}, timeout=2.5), thread_cpus(pid)
     assert [r.get(timeout=TIMEOUT) for r in results] == [3000, 3000]
     assert eventually(gathered, timeout=10), thread_cpus(pid)
+
+
+def keeps_only_a_stored_success(app, client, worker):
+    """A task whose result key already holds SUCCESS keeps it; any other state is replaced.
+    The metas hide other "status" keys in nested values and strings."""
+    success, started, last = (str(uuid.uuid4()) for _ in range(3))
+    metas = {
+        success: {"status": "SUCCESS", "result": 42, "traceback": None, "children": [], "task_id": success},
+        started: {"result": {"status": "SUCCESS", "note": 'a "status": "SUCCESS" in a string'},
+                  "status": "STARTED", "task_id": started},
+        last: {"result": [{"status": "FAILURE"}], "traceback": "\"status\": \"FAILURE\"",
+               "status": "SUCCESS", "task_id": last},
+    }
+    for task_id, meta in metas.items():
+        client.set(f"celery-task-meta-{task_id}", json.dumps(meta))
+        app.send_task("math.add", (1, 1), task_id=task_id)
+    for task_id in metas:
+        worker.wait_for_log(f"Task math.add[{task_id}] succeeded")
+    stored = {task_id: json.loads(client.get(f"celery-task-meta-{task_id}")) for task_id in metas}
+    assert stored[success]["result"] == 42
+    assert stored[started]["status"] == "SUCCESS" and stored[started]["result"] == 2
+    assert stored[last]["result"] == [{"status": "FAILURE"}]
+
+
+def test_a_stored_success_is_kept(db, make_worker):
+    worker = make_worker(url(db), url(db))
+    keeps_only_a_stored_success(celery_app(url(db), url(db)), redis.Redis(REDIS_HOST, REDIS_PORT, db=db), worker)
+
+
+def test_celery_clients_on_redis_6_0(tmp_path, make_worker):
+    """Redis 6.0 (Debian 11's and Ubuntu 22.04's), which has no `RPOP key count`: tasks queued
+    before the worker starts, a chord counted in Redis, a task parked in the broker until its
+    ETA, and a ping over Redis's pub/sub. The ping is `celeriac inspect`'s: kombu 5.7's own
+    client refreshes its reply queue's binding with `ZADD … GT` (Redis 6.2), which 6.0 refuses."""
+    port = free_port()
+    server = start_redis(port, tmp_path, REDIS_6_0)
+    try:
+        old = url(0, port)
+        assert redis.Redis(REDIS_HOST, port).info("server")["redis_version"].startswith("6.0.")
+        app = celery_app(old, old)
+        results = [app.send_task("math.add", (i, i)) for i in range(200)]
+        worker = make_worker(old, old, "-n", "old-redis@test", "--park-eta-after", "1")
+        assert [r.get(timeout=TIMEOUT) for r in results] == [2 * i for i in range(200)], worker.log()
+        add = app.signature("math.add")
+        header = [add.clone((i, i)) for i in range(20)]
+        assert chord(header, app.signature("math.tsum")).apply_async().get(timeout=TIMEOUT) == 380
+        parked = app.send_task("math.add", (4, 5), countdown=2)
+        ping = subprocess.run([str(BIN), "--broker", old, "inspect", "ping", "-d", "old-redis@test", "--json", "-t", "5"],
+                              capture_output=True, text=True, timeout=60)
+        assert json.loads(ping.stdout) == {"old-redis@test": {"ok": "pong"}}, ping.stdout + ping.stderr
+        assert parked.get(timeout=TIMEOUT) == 9
+        assert f"Task math.add[{parked.id}] parked in the broker" in worker.log()
+        assert "older than 6.2" in worker.log()
+        # Debian's Redis 6.0 has no cjson in its scripts.
+        keeps_only_a_stored_success(app, redis.Redis(REDIS_HOST, port), worker)
+        assert eventually(lambda: redis.Redis(REDIS_HOST, port).hlen("unacked") == 0)
+    finally:
+        server.terminate()
+        server.wait()

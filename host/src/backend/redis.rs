@@ -25,18 +25,48 @@ pub const TASK_KEY_PREFIX: &str = "celery-task-meta-";
 /// a GET each: every `redis.call` costs Redis ~2 µs beyond the command (`broker/redis.rs`).
 /// `unpack(KEYS)` is bounded by Lua's stack (8,000 values); the worker writes at most
 /// `RESULT_BATCH` (256) results at a time.
-const STORE: &str = r"
+/// A stored meta's status is read with `cjson` where Redis has it; Debian 11's and Ubuntu
+/// 22.04's Redis (6.0, built on the system's Lua) has none, and there the top level of the
+/// meta is scanned instead, skipping strings and nested values whole.
+const STORE: &str = r#"
+local json = rawget(_G, 'cjson')
+local byte, sub, match = string.byte, string.sub, string.match
+local function status_of(text)
+  if json then
+    local ok, meta = pcall(json.decode, text)
+    return ok and type(meta) == 'table' and meta.status or nil
+  end
+  local depth, i, n = 0, 1, #text
+  while i <= n do
+    local c = byte(text, i)
+    if c == 34 then
+      local j = i + 1
+      while j <= n do
+        local d = byte(text, j)
+        if d == 34 then break end
+        j = j + (d == 92 and 2 or 1)
+      end
+      if depth == 1 and sub(text, i, j) == '"status"' then
+        local value = match(text, '^%s*:%s*"(%u+)"', j + 1)
+        if value then return value end
+      end
+      i = j + 1
+    else
+      if c == 123 or c == 91 then
+        depth = depth + 1
+      elseif c == 125 or c == 93 then
+        depth = depth - 1
+      end
+      i = i + 1
+    end
+  end
+end
 local ttl = tonumber(ARGV[1])
 local stored = 0
 local current = redis.call('MGET', unpack(KEYS))
 for i, key in ipairs(KEYS) do
   local meta = ARGV[i + 1]
-  local done = false
-  if current[i] then
-    local ok, old = pcall(cjson.decode, current[i])
-    done = ok and type(old) == 'table' and old.status == 'SUCCESS'
-  end
-  if not done then
+  if not (current[i] and status_of(current[i]) == 'SUCCESS') then
     if ttl > 0 then
       redis.call('SET', key, meta, 'EX', ttl)
     else
@@ -47,7 +77,7 @@ for i, key in ipairs(KEYS) do
   end
 end
 return stored
-";
+"#;
 
 pub struct RedisBackend {
     client: redis::Client,
