@@ -162,6 +162,7 @@ class Redis:
         self.url = f"redis://127.0.0.1:6379/{REDIS_DB}"
         self.backend_url = self.url
         self.client = redis.Redis("127.0.0.1", 6379, db=REDIS_DB)
+        self.results = self.client  # as Amqp's: where the result keys are
 
     def reset(self):
         self.client.flushdb()
@@ -252,20 +253,18 @@ def round_trips(app, calls, check=True, sleeps=None):
     return sorted(latencies)
 
 
-def result_latencies(app, calls):
+def result_latencies(app, calls, results):
     """Latencies in ms of `calls` sequential tasks, from `send_task` returning until the
-    result key exists, sorted: the worker's own part of a round trip. The key is polled
-    without sleeping, so the Celery client's drainer loop and its sleeps are not in it.
-    Results are on Redis with either broker."""
-    client = redis.Redis("127.0.0.1", 6379, db=REDIS_DB)
+    result key exists in `results` (a broker's Redis client for them), sorted: the worker's
+    own part of a round trip. The key is polled without sleeping, so the Celery client's
+    drainer loop and its sleeps are not in it."""
     found = []
     for i in range(calls):
         key = f"celery-task-meta-{app.send_task('math.add', (i, 1)).id}"
         sent = time.perf_counter()
-        while not client.exists(key):
+        while not results.exists(key):
             pass
         found.append((time.perf_counter() - sent) * 1000)
-    client.close()
     return sorted(found)
 
 
@@ -360,7 +359,7 @@ def one_run(kind, broker, tasks, rtt_calls):
             rss_idle = rss_kb(process.pid)
             with ClientSleeps() as sleeps:
                 latencies = round_trips(app, rtt_calls, sleeps=sleeps)
-            own = result_latencies(app, rtt_calls)
+            own = result_latencies(app, rtt_calls, broker.results)
         finally:
             stop(process)
     return {

@@ -12,28 +12,21 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import redis
 from celery import Celery
 
-from bench import BIN, PLUGINS, REDIS_DB, p50, result_latencies, start_celeriac, stop, wait_ready
-
-URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
-
-
-class Broker:
-    url = URL
-    backend_url = URL
+from bench import BIN, PLUGINS, Redis, p50, result_latencies, start_celeriac, stop, wait_ready
 
 
 def latencies(binary, calls):
     """Sorted ms from `send_task` returning to the result key being present."""
-    redis.Redis("127.0.0.1", 6379, db=REDIS_DB).flushdb()
-    app = Celery("latency-client", broker=URL, backend=URL)
+    broker = Redis()
+    broker.reset()
+    app = Celery("latency-client", broker=broker.url, backend=broker.backend_url)
     with tempfile.TemporaryFile("w+") as log:
-        process = start_celeriac(Broker, log, binary=binary)
+        process = start_celeriac(broker, log, binary=binary)
         try:
             wait_ready(app)
-            found = result_latencies(app, calls)
+            found = result_latencies(app, calls, broker.results)
         finally:
             stop(process)
     app.close()
