@@ -99,8 +99,7 @@ impl RedisParking {
 
 /// The list key and envelope of a `[list, envelope]` member.
 fn parked_entry(member: &str) -> Option<(String, String)> {
-    let (list, envelope): (String, String) = serde_json::from_str(member).ok()?;
-    Some((list, envelope))
+    serde_json::from_str(member).ok()
 }
 
 #[cfg(test)]
