@@ -235,6 +235,7 @@ mod tests {
             wall: Duration::from_micros(20),
             cpu: Duration::from_micros(15),
             peak_memory: 1 << 20,
+            effects: false,
         };
         metrics.left_executor("math.add", "math", Some(usage));
         // Again: the second time through the cached handles, which count into the same series.

@@ -139,8 +139,9 @@ fn run_inner(cli: Cli) -> anyhow::Result<ExitCode> {
     let file = cli.common.file()?;
     let format = cli.common.log_format.clone().or_else(|| file.log_format.clone());
     logging::init(&cli.common.loglevel, format.as_deref())?;
-    // Guests run on executor threads of their own (worker::executor); broker and backend
-    // I/O is light, and a second I/O thread measured no faster on 2 cores, only busier.
+    // Guests run on executor threads of their own (worker::executor), short ones in place
+    // (runtime::inline); broker and backend I/O is light, and a second I/O thread measured
+    // no faster on 2 cores, only busier.
     // One thread runs it all, the worker loop included: with a multi-thread runtime the
     // loop (polled by `block_on` on the main thread) handed every batch of messages to
     // the runtime's thread and back, and that runtime starts the last task spawned first,

@@ -49,10 +49,13 @@ pub struct Usage {
     /// CPU time of the executor thread since its previous task: this task's instance
     /// (made ahead where the thread could, `standby.rs`), the guest's own work and the
     /// host calls it made. Filled in by the executor thread, which reads its CPU clock
-    /// once a task. (Counting Wasm instructions, with fuel, would slow every task.)
+    /// once a task; for a task run inline, its wall time. (Counting Wasm instructions, with
+    /// fuel, would slow every task.)
     pub cpu: Duration,
     /// The most linear memory the instance held at once, over all its memories.
     pub peak_memory: usize,
+    /// The guest logged or reported progress (such a task does not run inline).
+    pub effects: bool,
 }
 
 /// What came of it.
@@ -137,12 +140,15 @@ impl Runtime {
             progress,
             log_budget: super::state::LOG_BUDGET,
             max_meta: plugin.manifest.max_result_bytes(),
+            effects: false,
+            budget: None,
+            abandoned: false,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
         store.set_epoch_deadline(1);
         // Read from the store: a kept instance gets each task's own deadline.
-        store.epoch_deadline_callback(|store| Ok(store.data().deadline.on_tick()));
+        store.epoch_deadline_callback(|mut store| Ok(store.data_mut().on_tick()));
         Ok((store, stdout, stderr))
     }
 
@@ -155,13 +161,58 @@ impl Runtime {
     /// the caller knows what else its thread does).
     pub fn execute_measured(&self, plugin: &PluginVersion, invocation: Invocation) -> (Outcome, Usage) {
         let started = std::time::Instant::now();
-        let (outcome, peak_memory) = self.run_guest(plugin, invocation);
+        let ran = self.run_guest(plugin, &invocation, None);
+        let Ok(GuestRun {
+            outcome,
+            peak_memory,
+            effects,
+        }) = ran
+        else {
+            // Only a run with a budget is ever abandoned.
+            let message = "a task run without a budget was abandoned; this is a Celeriac bug";
+            return (
+                Outcome::failure("WorkerError", "celeriac.exceptions", message, None),
+                Usage::default(),
+            );
+        };
         let usage = Usage {
             wall: started.elapsed(),
             cpu: Duration::ZERO,
             peak_memory,
+            effects,
         };
+        plugin.short_tasks.record(&invocation.context.name, &usage);
         (outcome, usage)
+    }
+
+    /// A speculative run on the calling thread (`inline.rs`): `None` if abandoned. Its CPU
+    /// time is its wall time: the guest held this thread from start to end.
+    pub(crate) fn run_speculative(&self, plugin: &PluginVersion, invocation: &Invocation) -> Option<(Outcome, Usage)> {
+        let started = std::time::Instant::now();
+        let ran = self.run_guest(plugin, invocation, Some(super::inline::BUDGET));
+        let wall = started.elapsed();
+        let (ran, usage) = match ran {
+            Ok(ran) => {
+                let usage = Usage {
+                    wall,
+                    cpu: wall,
+                    peak_memory: ran.peak_memory,
+                    effects: ran.effects,
+                };
+                (Some(ran.outcome), usage)
+            }
+            Err(Abandoned) => {
+                // Not short, whether it ran long or made itself heard.
+                let usage = Usage {
+                    wall,
+                    effects: true,
+                    ..Usage::default()
+                };
+                (None, usage)
+            }
+        };
+        plugin.short_tasks.record(&invocation.context.name, &usage);
+        ran.map(|outcome| (outcome, usage))
     }
 
     /// Instantiate `plugin` for this thread's next task of it, unless the plugin keeps its
@@ -191,8 +242,13 @@ impl Runtime {
         }
     }
 
-    /// The call itself; returns the outcome and the instance's peak memory.
-    fn run_guest(&self, plugin: &PluginVersion, invocation: Invocation) -> (Outcome, usize) {
+    /// The call itself; with a `budget`, speculative (`inline.rs`).
+    fn run_guest(
+        &self,
+        plugin: &PluginVersion,
+        invocation: &Invocation,
+        budget: Option<Duration>,
+    ) -> Result<GuestRun, Abandoned> {
         let (manifest_hard, manifest_soft) = plugin.manifest.time_limits();
         let hard = invocation.time_limit.or(manifest_hard);
         let soft = invocation.soft_time_limit.or(manifest_soft);
@@ -212,6 +268,7 @@ impl Runtime {
                 store
                     .data_mut()
                     .begin_task(&ctx.id, &ctx.name, deadline.clone(), invocation.progress.clone());
+                store.data_mut().budget = budget;
                 store.set_epoch_deadline(1);
                 (store, kept.stdout, kept.stderr, Ok(kept.instance))
             }
@@ -223,12 +280,18 @@ impl Runtime {
                 invocation.progress.clone(),
             ) {
                 Ok((mut store, stdout, stderr)) => {
+                    // From the start: instantiating runs guest code too.
+                    store.data_mut().budget = budget;
                     let instance = plugin.pre.instantiate(&mut store);
                     (store, stdout, stderr, instance)
                 }
                 Err(err) => {
                     let outcome = Outcome::failure("PluginError", "celeriac.exceptions", err.to_string(), None);
-                    return (outcome, 0);
+                    return Ok(GuestRun {
+                        outcome,
+                        peak_memory: 0,
+                        effects: false,
+                    });
                 }
             },
         };
@@ -246,6 +309,9 @@ impl Runtime {
             }
             Err(err) => (None, Err(err)),
         };
+        if store.data().abandoned {
+            return Err(Abandoned);
+        }
         let out = stdout.contents().slice(out_from..);
         if !out.is_empty() {
             tracing::debug!(task_id = %ctx.id, task = %ctx.name, plugin = %plugin.name,
@@ -271,7 +337,7 @@ impl Runtime {
             Ok(Err(error)) => from_task_error(error),
             Err(err) => classify_trap(err, &store, &deadline, hard, &stderr.contents()[err_from..]),
         };
-        let peak = store.data().limiter.peak_bytes();
+        let (peak_memory, effects) = (store.data().limiter.peak_bytes(), store.data().effects);
         // Kept only after a call that returned: a trap may leave the instance broken.
         if let (true, true, Some(instance)) = (reuse, returned, instance) {
             reuse::keep(
@@ -284,9 +350,22 @@ impl Runtime {
                 },
             );
         }
-        (outcome, peak)
+        Ok(GuestRun {
+            outcome,
+            peak_memory,
+            effects,
+        })
     }
 }
+
+struct GuestRun {
+    outcome: Outcome,
+    peak_memory: usize,
+    effects: bool,
+}
+
+/// A speculative run given up; the task is to run again.
+struct Abandoned;
 
 fn from_task_error(error: TaskError) -> Outcome {
     match error {

@@ -90,7 +90,12 @@ impl Deadline {
         }
     }
 
-    /// Called by wasmtime on every tick while the guest runs.
+    /// Time since the task started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// What the task's limits and cancel say at an epoch tick.
     pub fn on_tick(&self) -> UpdateDeadline {
         if self.cancel.load(Ordering::Relaxed) {
             return UpdateDeadline::Interrupt;

@@ -254,6 +254,12 @@ impl Manifest {
         (secs(self.limits.time_limit), secs(self.limits.soft_time_limit))
     }
 
+    /// Whether the grants let the guest reach a network or files: blocking I/O, and
+    /// effects a run cannot take back.
+    pub fn grants_io(&self) -> bool {
+        !self.grants.connect.is_empty() || !self.grants.dirs.is_empty()
+    }
+
     /// Apply the grants to a fresh WASI context (which starts with nothing).
     pub fn apply_grants(&self, wasi: &mut WasiCtxBuilder) -> Result<(), RuntimeError> {
         for (key, value) in &self.grants.env {

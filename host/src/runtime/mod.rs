@@ -9,6 +9,7 @@ pub mod bindings;
 pub mod cache;
 pub mod engine;
 pub mod execute;
+mod inline;
 pub mod limits;
 pub mod manifest;
 pub mod plugin;

@@ -12,6 +12,7 @@ use wasmtime::component::Component;
 use wasmtime::Engine;
 
 use super::bindings::{PluginPre, TaskInfo, HANDLER_INTERFACE, WIT_PACKAGE, WIT_VERSION};
+use super::inline::ShortTasks;
 use super::limits::Deadline;
 use super::manifest::Manifest;
 use super::{Runtime, RuntimeError};
@@ -32,6 +33,8 @@ pub struct PluginVersion {
     pub wit_version: String,
     pub tasks: Vec<TaskInfo>,
     pub manifest: Manifest,
+    /// Its tasks that run on the I/O thread (`inline.rs`); shared by clones of this load.
+    pub short_tasks: Arc<ShortTasks>,
     pub(crate) pre: PluginPre<super::state::TaskState>,
 }
 
@@ -84,6 +87,7 @@ pub fn load(runtime: &Runtime, path: &Path) -> Result<PluginVersion, RuntimeErro
         wit_version,
         tasks: Vec::new(),
         manifest,
+        short_tasks: Arc::default(),
         pre,
     };
     version.tasks = list_tasks(runtime, &version).map_err(invalid)?;

@@ -3,8 +3,10 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use wasmtime::component::ResourceTable;
+use wasmtime::UpdateDeadline;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::celeriac::task::{host, types};
@@ -26,6 +28,12 @@ pub struct TaskState {
     pub log_budget: usize,
     /// Largest `update-state` meta accepted, in bytes (the result cap).
     pub max_meta: usize,
+    /// The guest logged or reported progress.
+    pub effects: bool,
+    /// A speculative run's time budget (`inline.rs`): past it, or at the guest's first
+    /// effect, the run is abandoned.
+    pub budget: Option<Duration>,
+    pub abandoned: bool,
 }
 
 impl TaskState {
@@ -37,6 +45,32 @@ impl TaskState {
         self.progress = progress;
         self.log_budget = LOG_BUDGET;
         self.limiter.hit = false;
+        self.effects = false;
+        self.budget = None;
+        self.abandoned = false;
+    }
+
+    /// Called by wasmtime on every epoch tick while the guest runs.
+    pub fn on_tick(&mut self) -> UpdateDeadline {
+        let update = self.deadline.on_tick();
+        // A limit or a cancel reached stands as it is; only then the budget.
+        if matches!(update, UpdateDeadline::Continue(_))
+            && self
+                .budget
+                .is_some_and(|budget| self.abandoned || self.deadline.elapsed() >= budget)
+        {
+            self.abandoned = true;
+            return UpdateDeadline::Interrupt;
+        }
+        update
+    }
+
+    /// Whether the guest may do what others would see: not in a speculative run, which
+    /// is abandoned instead (and stopped at the next tick).
+    fn may_be_heard(&mut self) -> bool {
+        self.effects = true;
+        self.abandoned = self.budget.is_some();
+        !self.abandoned
     }
 }
 
@@ -69,6 +103,9 @@ impl types::Host for TaskState {}
 
 impl host::Host for TaskState {
     fn log(&mut self, level: types::LogLevel, message: String) {
+        if !self.may_be_heard() {
+            return;
+        }
         let (id, name, plugin) = (&self.task_id, &self.task_name, &self.plugin);
         if self.log_budget == 0 {
             return;
@@ -89,6 +126,9 @@ impl host::Host for TaskState {
     }
 
     fn update_state(&mut self, state: String, meta_json: String) {
+        if !self.may_be_heard() {
+            return;
+        }
         if state.is_empty() || state.len() > MAX_STATE_NAME || meta_json.len() > self.max_meta {
             tracing::warn!(task_id = %self.task_id, task = %self.task_name, plugin = %self.plugin,
                 state = truncate(&state, MAX_STATE_NAME), meta_bytes = meta_json.len(),

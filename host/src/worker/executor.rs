@@ -1,6 +1,7 @@
 //! A fixed set of executor threads, one per task slot, that run guests. Guest code blocks
-//! its thread until it returns or is interrupted, so it never shares a thread with the
-//! broker and backend I/O of the async runtime.
+//! its thread until it returns or is interrupted, so it does not share a thread with the
+//! broker and backend I/O of the async runtime, except a short task's, which runs in place
+//! if it stays short (`runtime/inline.rs`).
 //!
 //! Jobs wait in one shared queue, so a thread that finishes a task starts the next queued
 //! one at once, without a round trip through the async runtime. A job has a latest moment
@@ -122,9 +123,13 @@ impl ExecutorPool {
         self.retiring.fetch_add(n, Ordering::AcqRel);
     }
 
-    /// Run one task on the next free executor thread; `None` if no thread took it up by
-    /// `start_by` (the task did not run and will not).
+    /// Run one task in place if it is short (`runtime/inline.rs`), else on the next free
+    /// executor thread; `None` if no thread took it up by `start_by` (the task did not run
+    /// and will not).
     pub async fn run(&self, plugin: Arc<PluginVersion>, invocation: Invocation, start_by: Instant) -> Option<Ran> {
+        if let Some((outcome, usage)) = self.runtime.run_inline(&plugin, &invocation) {
+            return Some(Ran { outcome, usage });
+        }
         let (reply, mut outcome) = oneshot::channel();
         let claimed = Arc::new(AtomicBool::new(false));
         let job = Job {

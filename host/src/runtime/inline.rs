@@ -1,0 +1,217 @@
+//! Short tasks run on the calling thread, the worker's I/O thread, instead of being handed
+//! to an executor thread. Handing a task over and its outcome back costs more than a task
+//! like `math.add` (a wake of each thread, and ~1 context switch a task); run in place, a
+//! Redis drain took 42–53 µs of worker CPU a task instead of 63–93 (`drain_ab.py`,
+//! 2026-12-07).
+//!
+//! Such a run is speculative, because a task that ran short may not this time: it must end
+//! within [`BUDGET`] and do nothing anyone could see (log, report progress), or it is
+//! abandoned, its instance dropped, and the task runs again on an executor thread as if
+//! the first run never happened. A guest cannot reach the world but through those calls
+//! and its grants, and plugins with network or directory grants never run here. The
+//! budget is checked on the engine's epoch tick, so an abandoned run held the I/O thread
+//! for at most [`BUDGET`] plus one tick, once: the task is then no longer short.
+//!
+//! A task is short when its last [`SHORT_RUNS`] runs, wherever they ran, each took under
+//! [`SHORT`] and did neither; so its first runs are on executor threads, and a task that is
+//! long now and then is not tried here again and again.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::execute::{Invocation, Outcome, Usage};
+use super::plugin::PluginVersion;
+use super::Runtime;
+
+/// A run on the I/O thread this long is abandoned (at the next epoch tick).
+pub const BUDGET: Duration = Duration::from_millis(1);
+/// A run shorter than this (and unheard) counts as short.
+const SHORT: Duration = Duration::from_micros(200);
+/// A task runs on the I/O thread after this many short runs in a row.
+const SHORT_RUNS: u32 = 4;
+
+/// How many short runs in a row each task of one plugin version has had (up to
+/// [`SHORT_RUNS`]).
+#[derive(Debug, Default)]
+pub struct ShortTasks(Mutex<HashMap<String, u32>>);
+
+impl ShortTasks {
+    fn contains(&self, task: &str) -> bool {
+        self.0
+            .lock()
+            .is_ok_and(|runs| runs.get(task).is_some_and(|&n| n >= SHORT_RUNS))
+    }
+
+    /// Note how the task's latest run went.
+    pub(crate) fn record(&self, task: &str, usage: &Usage) {
+        let short = usage.wall < SHORT && !usage.effects;
+        let Ok(mut runs) = self.0.lock() else {
+            return;
+        };
+        match runs.get_mut(task) {
+            Some(n) if short => *n = (*n + 1).min(SHORT_RUNS),
+            Some(n) => *n = 0,
+            None if short => {
+                runs.insert(task.to_owned(), 1);
+            }
+            None => {}
+        }
+    }
+}
+
+impl Runtime {
+    /// Run the task here if it is short and its run stays so; `None` if it was not run
+    /// (or was abandoned): run it on an executor thread.
+    pub fn run_inline(&self, plugin: &PluginVersion, invocation: &Invocation) -> Option<(Outcome, Usage)> {
+        // A kept instance belongs to the executor threads; grants may block on I/O.
+        if plugin.manifest.reuse_instance
+            || plugin.manifest.grants_io()
+            || !plugin.short_tasks.contains(&invocation.context.name)
+        {
+            return None;
+        }
+        let ran = self.run_speculative(plugin, invocation);
+        if ran.is_none() {
+            tracing::debug!(task_id = %invocation.context.id, task = %invocation.context.name,
+                "a short task ran long or made itself heard; running it again on an executor thread");
+        }
+        ran
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use serde_json::{json, Map, Value};
+
+    use super::*;
+    use crate::protocol::TaskRequest;
+    use crate::runtime::testing::{load_math, TestFolder};
+
+    /// A call of `task`, its progress reports counted in `heard`.
+    fn invocation(task: &str, args: Vec<Value>, heard: &Arc<AtomicUsize>) -> Invocation {
+        let request = TaskRequest::new(task, args, Map::new());
+        let heard = heard.clone();
+        Invocation {
+            progress: Some(Arc::new(move |_: &str, _: &str, _: Value| {
+                heard.fetch_add(1, Ordering::Relaxed);
+            })),
+            ..Invocation::for_task(&request, "celeriac@test", "celery")
+        }
+    }
+
+    /// As if the task's last runs had been short.
+    fn seem_short(plugin: &PluginVersion, task: &str) {
+        for _ in 0..SHORT_RUNS {
+            plugin.short_tasks.record(task, &Usage::default());
+        }
+    }
+
+    #[test]
+    fn a_long_or_heard_run_starts_the_count_again() {
+        let tasks = ShortTasks::default();
+        let short = Usage::default();
+        let long = Usage {
+            wall: SHORT,
+            ..Usage::default()
+        };
+        let heard = Usage {
+            effects: true,
+            ..Usage::default()
+        };
+        for _ in 1..SHORT_RUNS {
+            tasks.record("t", &short);
+        }
+        assert!(!tasks.contains("t"));
+        tasks.record("t", &short);
+        assert!(tasks.contains("t"));
+        for other in [long, heard] {
+            tasks.record("t", &other);
+            for _ in 1..SHORT_RUNS {
+                tasks.record("t", &short);
+            }
+            assert!(!tasks.contains("t"), "long now and then: not short");
+            tasks.record("t", &short);
+            assert!(tasks.contains("t"));
+        }
+        assert!(!tasks.contains("u"));
+    }
+
+    #[test]
+    fn a_task_runs_inline_after_short_runs_in_a_row() {
+        let runtime = Runtime::new(1, None).expect("wasmtime engine");
+        let folder = TestFolder::new("inline-short");
+        let math = load_math(&runtime, &folder.join("math"), None);
+        let heard = Arc::new(AtomicUsize::new(0));
+        let add = || invocation("math.add", vec![json!(2), json!(3)], &heard);
+
+        for _ in 0..SHORT_RUNS {
+            assert!(runtime.run_inline(&math, &add()).is_none(), "not known short yet");
+            let (outcome, usage) = runtime.execute_measured(&math, add());
+            assert_eq!(outcome, Outcome::Success("5".into()));
+            assert!(!usage.effects);
+        }
+        let (outcome, usage) = runtime.run_inline(&math, &add()).expect("short now: runs inline");
+        assert_eq!(outcome, Outcome::Success("5".into()));
+        assert!(usage.wall < BUDGET && usage.cpu == usage.wall);
+
+        // A plugin that may reach a network never runs inline.
+        let granted = load_math(
+            &runtime,
+            &folder.join("granted"),
+            Some("[grants]\nconnect = [\"127.0.0.1:9\"]\n"),
+        );
+        for _ in 0..SHORT_RUNS {
+            runtime.execute_measured(&granted, add());
+        }
+        assert!(runtime.run_inline(&granted, &add()).is_none());
+    }
+
+    #[test]
+    fn a_run_past_the_budget_is_abandoned_and_the_task_is_no_longer_short() {
+        let runtime = Runtime::new(1, None).expect("wasmtime engine");
+        let folder = TestFolder::new("inline-long");
+        let math = load_math(&runtime, &folder.join("math"), None);
+        seem_short(&math, "math.spin");
+        let heard = Arc::new(AtomicUsize::new(0));
+
+        let started = Instant::now();
+        assert!(runtime
+            .run_inline(&math, &invocation("math.spin", vec![json!(2000)], &heard))
+            .is_none());
+        // Stopped at the first tick past the budget, long before its 2 s.
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(!math.short_tasks.contains("math.spin"));
+    }
+
+    #[test]
+    fn a_task_that_would_be_heard_is_abandoned_unheard_and_heard_on_its_real_run() {
+        let runtime = Runtime::new(1, None).expect("wasmtime engine");
+        let folder = TestFolder::new("inline-heard");
+        let math = load_math(&runtime, &folder.join("math"), None);
+        seem_short(&math, "math.progress");
+        let heard = Arc::new(AtomicUsize::new(0));
+        let progress = || invocation("math.progress", vec![json!(3), json!(0)], &heard);
+
+        assert!(runtime.run_inline(&math, &progress()).is_none());
+        assert_eq!(heard.load(Ordering::Relaxed), 0, "an abandoned run reports nothing");
+        assert!(!math.short_tasks.contains("math.progress"));
+
+        let (outcome, usage) = runtime.execute_measured(&math, progress());
+        assert_eq!(outcome, Outcome::Success("3".into()));
+        assert_eq!(heard.load(Ordering::Relaxed), 3);
+        assert!(usage.effects);
+        assert!(
+            runtime.run_inline(&math, &progress()).is_none(),
+            "it reports progress: never inline"
+        );
+    }
+}
