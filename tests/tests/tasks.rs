@@ -138,3 +138,37 @@ fn countdown_delays_and_expires_discards() {
     ]);
     assert!(stderr(&out).contains("TaskRevokedError: expired"), "{}", stderr(&out));
 }
+
+/// After a few short, silent runs a task runs on the worker's I/O thread; a run there that
+/// turns long, or writes output (a guest's panic or allocation failure message), is
+/// abandoned and run again on an executor thread, with the outcome an executor gives.
+#[test]
+fn a_short_task_that_turns_long_or_loud_gets_its_real_outcome() {
+    let sandbox = sandbox_with_math();
+    let worker = sandbox.worker(&["--loglevel", "debug"]);
+    let call = |args: &[&str]| {
+        let mut all = vec!["call"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--wait", "--timeout", "20"]);
+        sandbox.run(&all)
+    };
+    for (short, then, expected) in [
+        (["math.spin", "0"], ["math.spin", "300"], "300"),
+        (["math.alloc", "0"], ["math.alloc", "512"], "MemoryError"),
+    ] {
+        for _ in 0..8 {
+            let out = call(&short);
+            assert_eq!(stdout(&out), "0", "{}", stderr(&out));
+        }
+        let out = call(&then);
+        let said = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(said.contains(expected), "{then:?}: expected {expected:?} in {said:?}");
+    }
+    let log = worker.log();
+    assert_eq!(
+        log.matches("running it again on an executor thread").count(),
+        2,
+        "{log}"
+    );
+    assert!(!log.contains("panicked at"), "{log}");
+}

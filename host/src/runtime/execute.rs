@@ -337,7 +337,10 @@ impl Runtime {
             Ok(Err(error)) => from_task_error(error),
             Err(err) => classify_trap(err, &store, &deadline, hard, &stderr.contents()[err_from..]),
         };
-        let (peak_memory, effects) = (store.data().limiter.peak_bytes(), store.data().effects);
+        // Output counts as an effect: it is logged, and WASI's streams cannot be written
+        // from the I/O thread (`inline.rs`).
+        let wrote = stdout.contents().len() > out_from || stderr.contents().len() > err_from;
+        let (peak_memory, effects) = (store.data().limiter.peak_bytes(), store.data().effects || wrote);
         // Kept only after a call that returned: a trap may leave the instance broken.
         if let (true, true, Some(instance)) = (reuse, returned, instance) {
             reuse::keep(

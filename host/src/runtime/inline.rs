@@ -12,12 +12,19 @@
 //! budget is checked on the engine's epoch tick, so an abandoned run held the I/O thread
 //! for at most [`BUDGET`] plus one tick, once: the task is then no longer short.
 //!
+//! WASI's synchronous streams and polls block on Tokio, which panics on a Tokio thread, so a
+//! guest that writes output or waits does so on an executor thread: output counts as an
+//! effect, and a run that reaches such a call anyway is caught and abandoned, its panic
+//! not printed.
+//!
 //! A task is short when its last [`SHORT_RUNS`] runs, wherever they ran, each took under
 //! [`SHORT`] and did neither; so its first runs are on executor threads, and a task that is
 //! long now and then is not tried here again and again.
 
+use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Mutex, Once};
 use std::time::Duration;
 
 use super::execute::{Invocation, Outcome, Usage};
@@ -71,13 +78,49 @@ impl Runtime {
         {
             return None;
         }
-        let ran = self.run_speculative(plugin, invocation);
+        let ran = speculating(|| self.run_speculative(plugin, invocation)).unwrap_or_else(|| {
+            let heard = Usage {
+                effects: true,
+                ..Usage::default()
+            };
+            plugin.short_tasks.record(&invocation.context.name, &heard);
+            None
+        });
         if ran.is_none() {
             tracing::debug!(task_id = %invocation.context.id, task = %invocation.context.name,
                 "a short task ran long or made itself heard; running it again on an executor thread");
         }
         ran
     }
+}
+
+thread_local! {
+    /// A speculative run is under way on this thread.
+    static SPECULATING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// `run()`, or `None` if it panicked (a WASI call that blocks on Tokio); such a panic is
+/// expected here and not printed.
+fn speculating<T>(run: impl FnOnce() -> T) -> Option<T> {
+    static QUIET_HOOK: Once = Once::new();
+    QUIET_HOOK.call_once(|| {
+        let print = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !SPECULATING.with(Cell::get) {
+                print(info);
+            }
+        }));
+    });
+    SPECULATING.with(|flag| flag.set(true));
+    let ran = std::panic::catch_unwind(AssertUnwindSafe(run));
+    SPECULATING.with(|flag| flag.set(false));
+    ran.map_err(|panic| {
+        let text = (panic.downcast_ref::<&str>().copied())
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("");
+        tracing::debug!(panic = %text, "a run on the I/O thread panicked");
+    })
+    .ok()
 }
 
 #[cfg(test)]
@@ -169,6 +212,29 @@ mod tests {
             runtime.execute_measured(&granted, add());
         }
         assert!(runtime.run_inline(&granted, &add()).is_none());
+    }
+
+    #[test]
+    fn a_guest_that_writes_output_on_a_tokio_thread_is_abandoned_not_a_panic() {
+        let runtime = Runtime::new(1, None).expect("wasmtime engine");
+        let folder = TestFolder::new("inline-output");
+        let math = load_math(&runtime, &folder.join("math"), None);
+        seem_short(&math, "math.panic");
+        let heard = Arc::new(AtomicUsize::new(0));
+        let panic = || invocation("math.panic", vec![], &heard);
+
+        // The worker's I/O thread: WASI's stderr would block on Tokio there.
+        let tokio = tokio::runtime::Builder::new_current_thread().build().expect("tokio");
+        let ran = tokio.block_on(async { runtime.run_inline(&math, &panic()) });
+        assert!(ran.is_none());
+        assert!(!math.short_tasks.contains("math.panic"));
+
+        let (outcome, usage) = runtime.execute_measured(&math, panic());
+        let Outcome::Failure { exc, .. } = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(exc.exc_type, "WasmTrap");
+        assert!(usage.effects, "it wrote to stderr");
     }
 
     #[test]
