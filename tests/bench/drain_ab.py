@@ -4,7 +4,8 @@ binary goes first in turn, round after round.
 
     python drain_ab.py --broker rabbitmq --tasks 20000 --pairs 3 OLD_BINARY NEW_BINARY
 
-For each binary in turn: fill the queue with `math.add` tasks from the Python Celery client
+For each binary in turn: fill the queue with `math.add` tasks (or `--task math.fib --args
+'[18]'`) from the Python Celery client
 (results on Redis), start the worker (`-c 2`), time the drain, and print the rate, the CPU
 per task of the worker and of each server, and how busy each worker thread was; with two
 binaries, at the end, how the second fared against the first round by round, with a sign
@@ -16,6 +17,7 @@ to $CELERIAC_BIN. Uses Redis database 14, flushed.
 """
 
 import argparse
+import json
 import math
 import os
 import statistics
@@ -42,12 +44,12 @@ def thread_busy(pid, seconds):
     return busy
 
 
-def drain(binary, broker, tasks, options):
+def drain(binary, broker, tasks, options, task, task_args):
     broker.reset()
     app = Celery("drain-ab", broker=broker.url, backend=broker.backend_url)
     with app.producer_or_acquire() as producer:
         for i in range(tasks):
-            app.send_task("math.add", (i, i), producer=producer)
+            app.send_task(task, task_args if task_args is not None else (i, i), producer=producer)
     app.close()
     servers = {name: server_pid(command) for name, command in broker.servers.items()}
     before = {name: cpu_seconds(pid) for name, pid in servers.items()}
@@ -69,6 +71,8 @@ def main():
     parser.add_argument("--tasks", type=int, default=20000)
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("binaries", nargs="*", type=Path, default=[bench.BIN])
+    parser.add_argument("--task", default="math.add")
+    parser.add_argument("--args", type=json.loads, default=None, help="JSON list (default: [i, i])")
     parser.add_argument("--worker-option", action="append", default=[], help="passed to `celeriac worker`")
     args = parser.parse_args()
     assert (bench.PLUGINS / "math.wasm").exists(), f"no {bench.PLUGINS / 'math.wasm'}: run `make plugins`"
@@ -78,7 +82,9 @@ def main():
         # whichever binary it was (the same two, 4 rounds each way, 2026-12-07).
         shift = pair % len(args.binaries)
         for binary in args.binaries[shift:] + args.binaries[:shift]:
-            rate, worker_us, servers_us, busy = drain(binary, BROKERS[args.broker](), args.tasks, args.worker_option)
+            rate, worker_us, servers_us, busy = drain(
+                binary, BROKERS[args.broker](), args.tasks, args.worker_option, args.task, args.args
+            )
             rates[binary].append(rate)
             servers = ", ".join(f"{name} {us:.0f}" for name, us in servers_us.items())
             threads = ", ".join(f"{name} {100 * share:.0f}%" for name, share in busy.items() if share >= 0.01)

@@ -1,13 +1,14 @@
 //! Short tasks run on the calling thread, the worker's I/O thread, instead of being handed
 //! to an executor thread. Handing a task over and its outcome back costs more than a task
 //! like `math.add` (a wake of each thread, and ~1 context switch a task); run in place, a
-//! Redis drain took 42–53 µs of worker CPU a task instead of 63–93 (`drain_ab.py`,
-//! 2026-12-07).
+//! Redis drain took 43–54 µs of worker CPU a task instead of 66–86, and drained 4% faster
+//! (`drain_ab.py`, 4 rounds, 2026-12-07). The I/O thread is one thread, though: a drain of
+//! a longer task all in place can be slower (README, "Speed").
 //!
 //! Such a run is speculative, because a task that ran short may not this time: it must end
-//! within [`BUDGET`] and do nothing anyone could see (log, report progress), or it is
-//! abandoned, its instance dropped, and the task runs again on an executor thread as if
-//! the first run never happened. A guest cannot reach the world but through those calls
+//! within [`BUDGET`] and do nothing anyone could see (log, report progress, write output),
+//! or it is abandoned, its instance dropped, and the task runs again on an executor thread
+//! as if the first run never happened. A guest cannot reach the world but through those calls
 //! and its grants, and plugins with network or directory grants never run here. The
 //! budget is checked on the engine's epoch tick, so an abandoned run held the I/O thread
 //! for at most [`BUDGET`] plus one tick, once: the task is then no longer short.
@@ -18,8 +19,9 @@
 //! not printed.
 //!
 //! A task is short when its last [`SHORT_RUNS`] runs, wherever they ran, each took under
-//! [`SHORT`] and did neither; so its first runs are on executor threads, and a task that is
-//! long now and then is not tried here again and again.
+//! [`SHORT`] (a run in an instance made ahead, without its instantiation) and did nothing
+//! of the kind; so its first runs are on executor threads, and a task that is long now and
+//! then is not tried here again and again.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -33,8 +35,11 @@ use super::Runtime;
 
 /// A run on the I/O thread this long is abandoned (at the next epoch tick).
 pub const BUDGET: Duration = Duration::from_millis(1);
-/// A run shorter than this (and unheard) counts as short.
-const SHORT: Duration = Duration::from_micros(200);
+/// A run shorter than this (and unheard) counts as short. Set well above `math.add`'s
+/// (13 µs a fresh instance and call in a warm loop; more inside the worker) so that its runs
+/// do not flip between the I/O thread and the executors: at 30 µs they did, and that mix
+/// drained 10% slower than no running in place at all (`drain_ab.py`, 6 rounds).
+const SHORT: Duration = Duration::from_micros(100);
 /// A task runs on the I/O thread after this many short runs in a row.
 const SHORT_RUNS: u32 = 4;
 
