@@ -81,6 +81,10 @@ pub struct WorkerArgs {
     /// (default 127.0.0.1:8793; port 0 picks a free one).
     #[arg(long, env = "CELERIAC_HTTP")]
     pub http: Option<String>,
+    /// Microseconds under which a task's runs count as short, so that it runs on the I/O
+    /// thread instead of an executor thread (default 100; 0 never runs tasks there).
+    #[arg(long, env = "CELERIAC_INLINE_BELOW")]
+    pub inline_below: Option<u64>,
 }
 
 /// Where the status port listens when nothing says otherwise.
@@ -88,6 +92,9 @@ pub const DEFAULT_HTTP: &str = "127.0.0.1:8793";
 
 pub async fn run(common: &CommonArgs, file: &FileConfig, args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let connection = common.connection(file)?;
+    if let Some(micros) = args.inline_below {
+        crate::runtime::set_inline_below(std::time::Duration::from_micros(micros));
+    }
     let plugins = args
         .plugins
         .or_else(|| file.plugins.clone())

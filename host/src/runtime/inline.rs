@@ -19,13 +19,14 @@
 //! not printed.
 //!
 //! A task is short when its last [`SHORT_RUNS`] runs, wherever they ran, each took under
-//! [`SHORT`] (a run in an instance made ahead, without its instantiation) and did nothing
+//! [`SHORT_MICROS`] (a run in an instance made ahead, without its instantiation) and did nothing
 //! of the kind; so its first runs are on executor threads, and a task that is long now and
 //! then is not tried here again and again.
 
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, Once};
 use std::time::Duration;
 
@@ -35,11 +36,18 @@ use super::Runtime;
 
 /// A run on the I/O thread this long is abandoned (at the next epoch tick).
 pub const BUDGET: Duration = Duration::from_millis(1);
-/// A run shorter than this (and unheard) counts as short. Set well above `math.add`'s
+/// Microseconds under which a run (unheard) counts as short. Set well above `math.add`'s
 /// (13 µs a fresh instance and call in a warm loop; more inside the worker) so that its runs
 /// do not flip between the I/O thread and the executors: at 30 µs they did, and that mix
 /// drained 10% slower than no running in place at all (`drain_ab.py`, 6 rounds).
-const SHORT: Duration = Duration::from_micros(100);
+/// `celeriac worker --inline-below` sets it for the process.
+static SHORT_MICROS: AtomicU64 = AtomicU64::new(100);
+
+/// Runs shorter than `short` count as short from now on (zero: none do).
+pub fn set_inline_below(short: Duration) {
+    SHORT_MICROS.store(short.as_micros().try_into().unwrap_or(u64::MAX), Ordering::Relaxed);
+}
+
 /// A task runs on the I/O thread after this many short runs in a row.
 const SHORT_RUNS: u32 = 4;
 
@@ -57,7 +65,7 @@ impl ShortTasks {
 
     /// Note how the task's latest run went.
     pub(crate) fn record(&self, task: &str, usage: &Usage) {
-        let short = usage.wall < SHORT && !usage.effects;
+        let short = usage.wall.as_micros() < u128::from(SHORT_MICROS.load(Ordering::Relaxed)) && !usage.effects;
         let Ok(mut runs) = self.0.lock() else {
             return;
         };
@@ -164,7 +172,7 @@ mod tests {
         let tasks = ShortTasks::default();
         let short = Usage::default();
         let long = Usage {
-            wall: SHORT,
+            wall: Duration::from_micros(SHORT_MICROS.load(Ordering::Relaxed)),
             ..Usage::default()
         };
         let heard = Usage {

@@ -30,6 +30,7 @@ use wasmtime::Engine;
 
 pub use bindings::TaskContext;
 pub use execute::{Invocation, Outcome, Usage};
+pub use inline::set_inline_below;
 pub use plugin::PluginVersion;
 pub use registry::Registry;
 pub use state::ProgressSink;
