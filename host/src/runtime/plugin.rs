@@ -94,6 +94,7 @@ pub fn load(runtime: &Runtime, path: &Path) -> Result<PluginVersion, RuntimeErro
     if version.tasks.is_empty() {
         return Err(invalid("it exports no tasks".into()));
     }
+    version.short_tasks = Arc::new(ShortTasks::for_tasks(version.tasks.iter().map(|t| t.name.as_str())));
     Ok(version)
 }
 
