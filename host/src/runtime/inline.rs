@@ -5,6 +5,14 @@
 //! (`drain_ab.py`, 4 rounds, 2026-12-07). The I/O thread is one thread, though: a drain of
 //! a longer task all in place can be slower (README, "Speed").
 //!
+//! In place, a run makes and drops its own instance: a third of the I/O thread's time in
+//! a Redis drain of `math.add` (perf, 2026-12-07: instantiating 19%, dropping the store 15%,
+//! the call a few %). Having the idle executor threads make instances ahead for these runs
+//! and drop their stores was tried and not kept: the I/O thread went from 75% to 64% busy,
+//! but the worker's CPU a task rose by a third (presumably instances made on one core and used on
+//! another) and the drain did not change (+0.9% a round, 6 rounds of 40,000): on two cores
+//! shared with Redis, the CPU all threads spend is the limit, not the I/O thread's.
+//!
 //! Such a run is speculative, because a task that ran short may not this time: it must end
 //! within [`BUDGET`] and do nothing anyone could see (log, report progress, write output),
 //! or it is abandoned, its instance dropped, and the task runs again on an executor thread
