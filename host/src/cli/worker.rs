@@ -92,9 +92,6 @@ pub const DEFAULT_HTTP: &str = "127.0.0.1:8793";
 
 pub async fn run(common: &CommonArgs, file: &FileConfig, args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let connection = common.connection(file)?;
-    if let Some(micros) = args.inline_below {
-        crate::runtime::set_inline_below(std::time::Duration::from_micros(micros));
-    }
     let plugins = args
         .plugins
         .or_else(|| file.plugins.clone())
@@ -134,7 +131,11 @@ pub async fn run(common: &CommonArgs, file: &FileConfig, args: WorkerArgs) -> an
         },
     };
 
-    let runtime = Arc::new(Runtime::new(concurrency, default_cache_dir())?);
+    let mut runtime = Runtime::new(concurrency, default_cache_dir())?;
+    if let Some(micros) = args.inline_below {
+        runtime = runtime.with_inline_below(std::time::Duration::from_micros(micros));
+    }
+    let runtime = Arc::new(runtime);
     let stamps = runtime.load_dir(&plugins)?;
     if runtime.registry.task_names().is_empty() {
         tracing::warn!(plugins = %plugins.display(), "no tasks loaded yet; drop .wasm files into the plugin folder");

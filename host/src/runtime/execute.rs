@@ -181,7 +181,9 @@ impl Runtime {
             peak_memory,
             effects,
         };
-        plugin.short_tasks.record(&invocation.context.name, &usage);
+        plugin
+            .short_tasks
+            .record(&invocation.context.name, &usage, self.inline_below);
         (outcome, usage)
     }
 
@@ -211,7 +213,9 @@ impl Runtime {
                 (None, usage)
             }
         };
-        plugin.short_tasks.record(&invocation.context.name, &usage);
+        plugin
+            .short_tasks
+            .record(&invocation.context.name, &usage, self.inline_below);
         ran.map(|outcome| (outcome, usage))
     }
 

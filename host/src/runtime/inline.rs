@@ -27,14 +27,15 @@
 //! not printed.
 //!
 //! A task is short when its last [`SHORT_RUNS`] runs, wherever they ran, each took under
-//! [`SHORT_MICROS`] (a run in an instance made ahead, without its instantiation) and did nothing
-//! of the kind; so its first runs are on executor threads, and a task that is long now and
-//! then is not tried here again and again.
+//! the runtime's threshold ([`INLINE_BELOW`] unless told otherwise; a run in an instance
+//! made ahead, without its instantiation) and did nothing of the kind; so its first runs are
+//! on executor threads, and a task that is long now and then is not tried here again and
+//! again.
 
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Once;
 use std::time::Duration;
 
@@ -44,17 +45,12 @@ use super::Runtime;
 
 /// A run on the I/O thread this long is abandoned (at the next epoch tick).
 pub const BUDGET: Duration = Duration::from_millis(1);
-/// Microseconds under which a run (unheard) counts as short. Set well above `math.add`'s
-/// (13 µs a fresh instance and call in a warm loop; more inside the worker) so that its runs
-/// do not flip between the I/O thread and the executors: at 30 µs they did, and that mix
-/// drained 10% slower than no running in place at all (`drain_ab.py`, 6 rounds).
-/// `celeriac worker --inline-below` sets it for the process.
-static SHORT_MICROS: AtomicU64 = AtomicU64::new(100);
-
-/// Runs shorter than `short` count as short from now on (zero: none do).
-pub fn set_inline_below(short: Duration) {
-    SHORT_MICROS.store(short.as_micros().try_into().unwrap_or(u64::MAX), Ordering::Relaxed);
-}
+/// How short an unheard run must be to count as short, unless the runtime is given another
+/// ([`Runtime::with_inline_below`], `celeriac worker --inline-below`). Set well above
+/// `math.add`'s (13 µs a fresh instance and call in a warm loop; more inside the worker) so
+/// that its runs do not flip between the I/O thread and the executors: at 30 µs they did,
+/// and that mix drained 10% slower than no running in place at all (`drain_ab.py`, 6 rounds).
+pub const INLINE_BELOW: Duration = Duration::from_micros(100);
 
 /// A task runs on the I/O thread after this many short runs in a row.
 const SHORT_RUNS: u32 = 4;
@@ -80,12 +76,12 @@ impl ShortTasks {
             .is_some_and(|runs| runs.load(Ordering::Relaxed) >= SHORT_RUNS)
     }
 
-    /// Note how the task's latest run went.
-    pub(crate) fn record(&self, task: &str, usage: &Usage) {
+    /// Note how the task's latest run went: short if under `below` and unheard.
+    pub(crate) fn record(&self, task: &str, usage: &Usage, below: Duration) {
         let Some(runs) = self.0.get(task) else {
             return;
         };
-        let short = usage.wall.as_micros() < u128::from(SHORT_MICROS.load(Ordering::Relaxed)) && !usage.effects;
+        let short = usage.wall < below && !usage.effects;
         if short {
             let _ = runs.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                 (n < SHORT_RUNS).then_some(n + 1)
@@ -112,7 +108,9 @@ impl Runtime {
                 effects: true,
                 ..Usage::default()
             };
-            plugin.short_tasks.record(&invocation.context.name, &heard);
+            plugin
+                .short_tasks
+                .record(&invocation.context.name, &heard, self.inline_below);
             None
         });
         if ran.is_none() {
@@ -179,7 +177,7 @@ mod tests {
     /// As if the task's last runs had been short.
     fn seem_short(plugin: &PluginVersion, task: &str) {
         for _ in 0..SHORT_RUNS {
-            plugin.short_tasks.record(task, &Usage::default());
+            plugin.short_tasks.record(task, &Usage::default(), INLINE_BELOW);
         }
     }
 
@@ -195,7 +193,7 @@ mod tests {
             let (outcome, usage) = runtime.execute_measured(plugin, task());
             assert!(matches!(outcome, Outcome::Success(_)), "{outcome:?}");
             assert!(!usage.effects);
-            let short = usage.wall.as_micros() < u128::from(SHORT_MICROS.load(Ordering::Relaxed));
+            let short = usage.wall < runtime.inline_below;
             in_a_row = if short { in_a_row + 1 } else { 0 };
         }
         panic!("no {SHORT_RUNS} short runs in a row in 100");
@@ -215,7 +213,7 @@ mod tests {
         let tasks = ShortTasks::for_tasks(["t"]);
         let short = Usage::default();
         let long = Usage {
-            wall: Duration::from_micros(SHORT_MICROS.load(Ordering::Relaxed)),
+            wall: INLINE_BELOW,
             ..Usage::default()
         };
         let heard = Usage {
@@ -223,18 +221,18 @@ mod tests {
             ..Usage::default()
         };
         for _ in 1..SHORT_RUNS {
-            tasks.record("t", &short);
+            tasks.record("t", &short, INLINE_BELOW);
         }
         assert!(!tasks.contains("t"));
-        tasks.record("t", &short);
+        tasks.record("t", &short, INLINE_BELOW);
         assert!(tasks.contains("t"));
         for other in [long, heard] {
-            tasks.record("t", &other);
+            tasks.record("t", &other, INLINE_BELOW);
             for _ in 1..SHORT_RUNS {
-                tasks.record("t", &short);
+                tasks.record("t", &short, INLINE_BELOW);
             }
             assert!(!tasks.contains("t"), "long now and then: not short");
-            tasks.record("t", &short);
+            tasks.record("t", &short, INLINE_BELOW);
             assert!(tasks.contains("t"));
         }
         assert!(!tasks.contains("u"));

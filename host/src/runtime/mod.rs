@@ -24,13 +24,13 @@ pub mod watcher;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use wasmtime::component::Linker;
 use wasmtime::Engine;
 
 pub use bindings::TaskContext;
 pub use execute::{Invocation, Outcome, Usage};
-pub use inline::set_inline_below;
 pub use plugin::PluginVersion;
 pub use registry::Registry;
 pub use state::ProgressSink;
@@ -60,6 +60,8 @@ pub struct Runtime {
     pub registry: Registry,
     linker: Linker<state::TaskState>,
     cache: cache::ComponentCache,
+    /// Runs shorter than this, and unheard, count as short (`inline.rs`); zero: none do.
+    inline_below: Duration,
 }
 
 impl Runtime {
@@ -74,7 +76,17 @@ impl Runtime {
             registry: Registry::default(),
             linker,
             cache,
+            inline_below: inline::INLINE_BELOW,
         })
+    }
+
+    /// Count runs under `short` as short, so that their tasks run on the I/O thread
+    /// (`inline.rs`); zero runs every task on an executor thread.
+    pub fn with_inline_below(self, short: Duration) -> Runtime {
+        Runtime {
+            inline_below: short,
+            ..self
+        }
     }
 
     /// Load (or reload) one plugin file and put it in service.
