@@ -1,5 +1,7 @@
 //! `celeriac call` and `celeriac result` against the real Redis, with a worker on it.
 
+use std::time::Duration;
+
 use celeriac_tests::{plugin, stderr, stdout, OldRedis, Sandbox};
 
 #[test]
@@ -45,6 +47,49 @@ fn takes_tasks_from_redis_6_0() {
     let out = sandbox.run(&["call", "math.add", "2", "3", "--wait", "--timeout", "20"]);
     assert_eq!(stdout(&out), "5", "{}\n{}", stderr(&out), worker.log());
     assert!(worker.log().contains("older than 6.2"), "{}", worker.log());
+}
+
+/// `--io-threads 2`: the worker's I/O runs on two threads of its own, and every task, queued
+/// before it started or sent to it idle, gets its result; SIGTERM still stops it cleanly.
+#[test]
+fn a_worker_with_two_io_threads_runs_every_task() {
+    let sandbox = Sandbox::redis();
+    sandbox.install(&plugin("math"), "math.wasm");
+    let ids: Vec<String> = (0..30)
+        .map(|n| stdout(&sandbox.run(&["call", "math.add", &n.to_string(), "100"])))
+        .collect();
+    let mut worker = sandbox.worker(&["--io-threads", "2"]);
+    assert_eq!(threads_named(worker.child.id(), "celeriac-io"), 2);
+    for (n, id) in ids.iter().enumerate() {
+        let out = sandbox.run(&["result", id, "--wait", "--timeout", "20"]);
+        assert_eq!(
+            stdout(&out),
+            (n + 100).to_string(),
+            "{}\n{}",
+            stderr(&out),
+            worker.log()
+        );
+    }
+    let out = sandbox.run(&["call", "math.add", "2", "3", "--wait", "--timeout", "20"]);
+    assert_eq!(stdout(&out), "5", "{}\n{}", stderr(&out), worker.log());
+    worker.signal("TERM");
+    let status = worker
+        .wait_exit(Duration::from_secs(20))
+        .expect("the worker stops on SIGTERM");
+    assert!(status.success(), "{}", worker.log());
+
+    let out = sandbox.run(&["worker", "--io-threads", "0"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--io-threads"), "{}", stderr(&out));
+}
+
+/// How many threads of process `pid` bear `name`.
+fn threads_named(pid: u32, name: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the worker's threads")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim() == name)
+        .count()
 }
 
 #[test]

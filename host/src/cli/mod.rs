@@ -140,17 +140,28 @@ fn run_inner(cli: Cli) -> anyhow::Result<ExitCode> {
     let format = cli.common.log_format.clone().or_else(|| file.log_format.clone());
     logging::init(&cli.common.loglevel, format.as_deref())?;
     // Guests run on executor threads of their own (worker::executor), short ones in place
-    // (runtime::inline); broker and backend I/O is light, and a second I/O thread measured
-    // no faster on 2 cores, only busier.
-    // One thread runs it all, the worker loop included: with a multi-thread runtime the
-    // loop (polled by `block_on` on the main thread) handed every batch of messages to
-    // the runtime's thread and back, and that runtime starts the last task spawned first,
-    // which would run a batch of deliveries out of order.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    // (runtime::inline). Broker and backend I/O, the worker loop included, runs on one
+    // thread unless a worker is given more (`--io-threads`, README "Speed"): a second
+    // drained Redis faster on 2 cores, but a multi-thread runtime starts the last task
+    // spawned first and lets its threads steal tasks, so the deliveries of one batch no
+    // longer start in the order the broker gave them (priorities).
+    let io_threads = match &cli.command {
+        Command::Worker(args) => usize::from(args.io_threads.unwrap_or(1)),
+        _ => 1,
+    };
+    let runtime = if io_threads == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(io_threads)
+            .thread_name("celeriac-io")
+            .enable_all()
+            .build()
+    }
+    .context("cannot start the async runtime")?;
+    // The command runs as a task of the runtime, not in `block_on`: polled on the main
+    // thread, the worker loop would hand every batch of messages to the I/O threads and back.
+    let command = runtime.spawn(async move {
         match cli.command {
             Command::Worker(args) => worker::run(&cli.common, &file, args).await,
             Command::Call(args) => call::run(&cli.common, &file, args).await,
@@ -159,5 +170,6 @@ fn run_inner(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Purge(args) => purge::run(&cli.common, &file, args).await,
             Command::Inspect(args) | Command::Control(args) => control::run(&cli.common, &file, args).await,
         }
-    })
+    });
+    runtime.block_on(command).context("the command stopped on a panic")?
 }

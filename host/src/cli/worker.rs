@@ -85,6 +85,11 @@ pub struct WorkerArgs {
     /// thread instead of an executor thread (default 100; 0 never runs tasks there).
     #[arg(long, env = "CELERIAC_INLINE_BELOW")]
     pub inline_below: Option<u64>,
+    /// Threads for broker and backend I/O and short tasks run in place (default 1). More
+    /// drain a Redis queue faster on a busy worker, but the tasks of one batch may then
+    /// start out of order, priorities included (README, "Speed").
+    #[arg(long, env = "CELERIAC_IO_THREADS", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub io_threads: Option<u16>,
 }
 
 /// Where the status port listens when nothing says otherwise.
