@@ -6,7 +6,8 @@ until every result is stored, with the CPU time each task cost the worker and th
 and backend servers, (3) measures round-trip latency of sequential `send_task(...).get()`
 calls, counting the client's own sleeps, and the worker's part of them (until the result
 key exists, polled without sleeping), and (4) records the worker's RSS (all processes)
-while idle and at the end of the drain; then (5) drains N tasks sent with `ignore_result=True`.
+while idle and at the end of the drain; then (5) drains N tasks sent with `ignore_result=True`,
+and (6) on Redis, N tasks with results again, Celeriac given a second I/O thread (`--io-threads 2`).
 Celeriac and Celery alternate, `--runs` times each; medians go to RESULTS.md, with a
 chart in RESULTS.png. Beside them: the Celery client's own round-trip floor, the raw
 Redis ceiling for the commands one task needs, and the host's per-task cost from the
@@ -312,18 +313,23 @@ def stop(process):
         process.kill()
 
 
-def ignored_results_run(kind, broker, tasks):
-    """Drain rate of tasks sent with ignore_result=True: broker and worker alone."""
+# Celeriac's opt-in second I/O thread (README, "Speed"), drained on Redis beside the default.
+IO_THREADS = ("--io-threads", "2")
+
+
+def drain_run(kind, broker, tasks, ignore_result=False, options=()):
+    """Drain rate alone: of tasks sent with ignore_result=True (broker and worker alone, until
+    every task is acknowledged), or with their results stored; `options` go to Celeriac."""
     broker.reset()
     app = Celery("bench-client", broker=broker.url, backend=broker.backend_url)
     with app.producer_or_acquire() as producer:
         for i in range(tasks):
-            app.send_task("math.add", (i, i), ignore_result=True, producer=producer)
-    start = start_celeriac if kind == "celeriac" else start_celery
+            app.send_task("math.add", (i, i), ignore_result=ignore_result, producer=producer)
+    done = broker.emptied if ignore_result else lambda: broker.drained(tasks)
     with tempfile.TemporaryFile("w+") as log:
-        process = start(broker, log)
+        process = start_celeriac(broker, log, options=options) if kind == "celeriac" else start_celery(broker, log)
         try:
-            drain = wait_until(broker.emptied, process, log, kind)
+            drain = wait_until(done, process, log, kind)
         finally:
             stop(process)
     return tasks / drain
@@ -472,7 +478,9 @@ def main():
         for run in range(args.runs):
             for kind in ("celeriac", "celery"):  # alternate, so drift hits both alike
                 result = one_run(kind, broker, args.tasks, args.rtt)
-                result["ignored"] = ignored_results_run(kind, broker, args.tasks)
+                result["ignored"] = drain_run(kind, broker, args.tasks, ignore_result=True)
+                if kind == "celeriac" and broker.name == "redis":
+                    result["io threads"] = drain_run(kind, broker, args.tasks, options=IO_THREADS)
                 print(f"{broker.name} run {run + 1} {kind}: " + ", ".join(f"{k}={v:.2f}" for k, v in result.items()),
                       flush=True)
                 figures[kind].append(result)
@@ -509,6 +517,11 @@ def main():
         lines += [
             f"| {name} | drain (tasks/s) | {c['rate']:.0f} | {p['rate']:.0f} | {c['rate'] / p['rate']:.1f}× |",
             f"| {name} | drain, results ignored (tasks/s) | {c['ignored']:.0f} | {p['ignored']:.0f} | {c['ignored'] / p['ignored']:.1f}× |",
+        ]
+        if "io threads" in c:
+            lines.append(f"| {name} | drain, Celeriac `{' '.join(IO_THREADS)}` (tasks/s) | {c['io threads']:.0f} | "
+                         f"{p['rate']:.0f} | {c['io threads'] / p['rate']:.1f}× |")
+        lines += [
             f"| {name} | round trip p50 (ms) | {c['p50']:.2f} | {p['p50']:.2f} | {c['p50'] / p['p50']:.2f} |",
             f"| {name} | round trip p99 (ms) | {c['p99']:.2f} | {p['p99']:.2f} | {c['p99'] / p['p99']:.2f} |",
             f"| {name} | worker's part p50 (ms) | {c['own p50']:.2f} | {p['own p50']:.2f} | {c['own p50'] / p['own p50']:.2f} |",
@@ -562,7 +575,8 @@ def main():
         "where results mostly come first, the p99 is this backlog's.",
         f"- Redis ceiling: {ceiling:.0f} tasks/s if Redis did nothing but the commands one task needs on the",
         "  worker's side (RPOP, ZADD, HSET, GET, SET EX, PUBLISH, ZREM, HDEL; `redis-benchmark -P 64`).",
-        f"  Celeriac's Redis drain reaches {100 * redis_celeriac['rate'] / ceiling:.0f}% of it; the worker's CPU, not Redis, is the limit",
+        f"  Celeriac's Redis drain reaches {100 * redis_celeriac['rate'] / ceiling:.0f}% of it "
+        f"({100 * redis_celeriac['io threads'] / ceiling:.0f}% with `{' '.join(IO_THREADS)}`); the worker's CPU, not Redis, is the limit",
         "  on this machine's two cores.",
     ]
     if cost:
