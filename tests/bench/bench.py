@@ -494,6 +494,7 @@ def main():
     sleep_cost = sleep0_us()
     # The "Limits" lines speak of the Redis broker, the first of `rows`.
     redis_celeriac, redis_celery = rows[0][1]["celeriac"], rows[0][1]["celery"]
+    cpu_bound = os.cpu_count() * 1e6 / sum(us for key, us in redis_celeriac.items() if key.startswith("cpu "))
     binary = f"`{BIN.relative_to(TARGET)}` under the target folder" if BIN.is_relative_to(TARGET) else f"`{BIN}`"
 
     lines = [
@@ -576,8 +577,11 @@ def main():
         f"- Redis ceiling: {ceiling:.0f} tasks/s if Redis did nothing but the commands one task needs on the",
         "  worker's side (RPOP, ZADD, HSET, GET, SET EX, PUBLISH, ZREM, HDEL; `redis-benchmark -P 64`).",
         f"  Celeriac's Redis drain reaches {100 * redis_celeriac['rate'] / ceiling:.0f}% of it "
-        f"({100 * redis_celeriac['io threads'] / ceiling:.0f}% with `{' '.join(IO_THREADS)}`); the worker's CPU, not Redis, is the limit",
-        "  on this machine's two cores.",
+        f"({100 * redis_celeriac['io threads'] / ceiling:.0f}% with `{' '.join(IO_THREADS)}`), and "
+        f"{100 * redis_celeriac['rate'] / cpu_bound:.0f}% of the {cpu_bound:.0f} tasks/s its and Redis's CPU a task",
+        f"  would allow on {os.cpu_count()} cores (the table above): "
+        + ("the CPU is the limit." if redis_celeriac["rate"] >= 0.8 * cpu_bound else
+           "neither process keeps a core busy, so the drain waits (round trips, wake-ups) more than it computes."),
     ]
     if cost:
         lines.append(
