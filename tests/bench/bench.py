@@ -316,6 +316,10 @@ def stop(process):
 # Celeriac's opt-in second I/O thread (README, "Speed"), drained on Redis beside the default.
 IO_THREADS = ("--io-threads", "2")
 
+# A drain at this share of the rate its CPU a task allows is called CPU-bound: two busy
+# processes on as many cores never get all of them.
+CPU_BOUND_SHARE = 0.8
+
 
 def drain_run(kind, broker, tasks, ignore_result=False, options=()):
     """Drain rate alone: of tasks sent with ignore_result=True (broker and worker alone, until
@@ -580,7 +584,7 @@ def main():
         f"({100 * redis_celeriac['io threads'] / ceiling:.0f}% with `{' '.join(IO_THREADS)}`), and "
         f"{100 * redis_celeriac['rate'] / cpu_bound:.0f}% of the {cpu_bound:.0f} tasks/s its and Redis's CPU a task",
         f"  would allow on {os.cpu_count()} cores (the table above): "
-        + ("the CPU is the limit." if redis_celeriac["rate"] >= 0.8 * cpu_bound else
+        + ("the CPU is the limit." if redis_celeriac["rate"] >= CPU_BOUND_SHARE * cpu_bound else
            "neither process keeps a core busy, so the drain waits (round trips, wake-ups) more than it computes."),
     ]
     if cost:
