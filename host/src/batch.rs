@@ -5,19 +5,31 @@
 //! in one call. When items arrive one at a time nothing waits: the flusher writes each at
 //! once. Under load a batch forms while the previous write is in flight, so acks and
 //! result writes cost one round trip per batch instead of one per task; a batcher given a
-//! [`Linger`] also waits a little for the items it knows are coming.
+//! [`Linger`] also waits a little for the items it knows are coming. A caller that
+//! need not wait [`Batcher::send`]s its item instead; [`Batcher::flushed`] waits for
+//! every item sent so far.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
 type Reply<E> = oneshot::Sender<Result<(), Arc<E>>>;
 
 pub struct Batcher<T, E> {
-    queue: mpsc::UnboundedSender<(T, Reply<E>)>,
+    /// Each item with where its outcome goes, if its caller waits for it.
+    queue: mpsc::UnboundedSender<(T, Option<Reply<E>>)>,
+    unwritten: Arc<Unwritten>,
+}
+
+/// Items queued and not yet written (or failed), for [`Batcher::flushed`].
+#[derive(Default)]
+struct Unwritten {
+    count: AtomicUsize,
+    written: Notify,
 }
 
 /// How long a batch may wait for more items before it is written: while it holds fewer
@@ -60,7 +72,9 @@ impl<T: Send + 'static, E: Send + Sync + 'static> Batcher<T, E> {
         F: Fn(Vec<T>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<(), E>> + Send,
     {
-        let (queue, mut pending) = mpsc::unbounded_channel::<(T, Reply<E>)>();
+        let (queue, mut pending) = mpsc::unbounded_channel::<(T, Option<Reply<E>>)>();
+        let unwritten = Arc::new(Unwritten::default());
+        let done = unwritten.clone();
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(limit);
             // Ends when every Batcher handle is gone.
@@ -83,15 +97,18 @@ impl<T: Send + 'static, E: Send + Sync + 'static> Batcher<T, E> {
                         }
                     }
                 }
-                let (items, replies): (Vec<T>, Vec<Reply<E>>) = batch.drain(..).unzip();
+                let (items, replies): (Vec<T>, Vec<Option<Reply<E>>>) = batch.drain(..).unzip();
+                let written = items.len();
                 let outcome = flush(items).await.map_err(Arc::new);
-                for reply in replies {
-                    // A caller that stopped waiting needs no answer.
+                // A caller that sent its item, or stopped waiting, needs no answer.
+                for reply in replies.into_iter().flatten() {
                     let _ = reply.send(outcome.clone());
                 }
+                done.count.fetch_sub(written, Ordering::AcqRel);
+                done.written.notify_waiters();
             }
         });
-        Batcher { queue }
+        Batcher { queue, unwritten }
     }
 
     /// Submit one item and wait until the batch holding it is written.
@@ -100,8 +117,36 @@ impl<T: Send + 'static, E: Send + Sync + 'static> Batcher<T, E> {
         E: From<Closed>,
     {
         let (reply, outcome) = oneshot::channel();
-        self.queue.send((item, reply)).map_err(|_| Arc::new(E::from(Closed)))?;
+        self.queue(item, Some(reply)).map_err(|_| Arc::new(E::from(Closed)))?;
         outcome.await.map_err(|_| Arc::new(E::from(Closed)))?
+    }
+
+    /// Queue one item without waiting for it to be written: reporting a failed write is
+    /// then the flush's job.
+    pub fn send(&self, item: T) -> Result<(), Closed> {
+        self.queue(item, None)
+    }
+
+    fn queue(&self, item: T, reply: Option<Reply<E>>) -> Result<(), Closed> {
+        self.unwritten.count.fetch_add(1, Ordering::AcqRel);
+        self.queue.send((item, reply)).map_err(|_| {
+            self.unwritten.count.fetch_sub(1, Ordering::AcqRel);
+            Closed
+        })
+    }
+
+    /// Wait until every item queued so far has been written or has failed.
+    pub async fn flushed(&self) {
+        loop {
+            let written = self.unwritten.written.notified();
+            tokio::pin!(written);
+            // Registered before the check, so a flush in between is not missed.
+            written.as_mut().enable();
+            if self.unwritten.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            written.await;
+        }
     }
 }
 
@@ -165,6 +210,33 @@ mod tests {
         assert!(flushes.len() < 50, "items were not batched: {flushes:?}");
         let poisoned: usize = flushes.iter().filter(|f| f.1).map(|f| f.0).sum();
         assert_eq!(failed, poisoned, "exactly the items flushed with 13 fail");
+    }
+
+    #[tokio::test]
+    async fn flushed_waits_for_every_item_sent_without_waiting() {
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let seen = written.clone();
+        let batcher = Batcher::start(4, move |items: Vec<u32>| {
+            let seen = seen.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                seen.lock().unwrap().extend(items);
+                Err::<(), Error>(Error::Refused)
+            }
+        });
+        batcher.flushed().await;
+        for i in 0..10 {
+            batcher.send(i).unwrap();
+        }
+        assert!(written.lock().unwrap().is_empty(), "send does not wait for the write");
+        batcher.flushed().await;
+        assert_eq!(
+            *written.lock().unwrap(),
+            (0..10).collect::<Vec<_>>(),
+            "a failed write counts as done"
+        );
+        // A caller that waits still hears of the failure.
+        assert_eq!(*batcher.submit(10).await.unwrap_err(), Error::Refused);
     }
 
     #[tokio::test]

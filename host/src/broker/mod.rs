@@ -155,7 +155,9 @@ pub trait Broker: Send + Sync {
     /// Wait up to `wait` for messages from `queues`, returning at most `max` (possibly none).
     /// Taken messages stay reserved for this worker until acked or rejected.
     async fn receive(&self, queues: &[String], max: usize, wait: Duration) -> Result<Vec<Delivery>, BrokerError>;
-    /// The task is done: forget the message.
+    /// The task is done: forget the message. The ack may still be on its way when this
+    /// returns (a failed write is logged, and the message is delivered again); `close`
+    /// waits for it.
     async fn ack(&self, delivery: &Delivery) -> Result<(), BrokerError>;
     /// Give the message back (`requeue`) or drop it.
     async fn reject(&self, delivery: &Delivery, requeue: bool) -> Result<(), BrokerError>;

@@ -45,6 +45,9 @@ const UNPARK_EVERY: Duration = Duration::from_millis(250);
 /// Most acks written in one round trip.
 const ACK_BATCH: usize = 512;
 
+/// How long closing waits for the acks still being written.
+const ACK_FLUSH_WAIT: Duration = Duration::from_secs(5);
+
 /// The few operations a store provides.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -103,7 +106,7 @@ struct Reserved {
 /// The shared broker behaviour over any [`Store`].
 pub struct VirtualBroker<S: Store> {
     store: Arc<S>,
-    /// Acks from concurrent tasks, written together.
+    /// Acks from concurrent tasks, written together in the background.
     acks: Batcher<StoreTag, BrokerError>,
     reserved: Mutex<HashMap<u64, Reserved>>,
     next_tag: AtomicU64,
@@ -150,7 +153,14 @@ impl<S: Store> VirtualBroker<S> {
         let flush_store = store.clone();
         let acks = Batcher::start(ACK_BATCH, move |tags: Vec<StoreTag>| {
             let store = flush_store.clone();
-            async move { store.delete_many(&tags).await }
+            async move {
+                let deleted = store.delete_many(&tags).await;
+                if let Err(err) = &deleted {
+                    tracing::error!(count = tags.len(), error = %err,
+                        "cannot acknowledge finished messages; they will be delivered again");
+                }
+                deleted
+            }
         });
         let broker = Arc::new(VirtualBroker {
             store,
@@ -307,7 +317,10 @@ impl<S: Store> Broker for VirtualBroker<S> {
         // Acks, hand-backs and parking wait for the message's deferred record: let it go.
         delivery.release_deferred_writes();
         let reserved = self.release(delivery.tag)?;
-        self.acks.submit(reserved.store_tag).await.map_err(BrokerError::shared)
+        // Not awaited: the task's reservation then goes at once, and the worker takes the
+        // next messages while the ack is written, as kombu's AMQP acks are sent and not
+        // confirmed (Redis drains of 30,000 `math.add`, 8 rounds: +7.4% a round).
+        Ok(self.acks.send(reserved.store_tag)?)
     }
 
     async fn reject(&self, delivery: &Delivery, requeue: bool) -> Result<(), BrokerError> {
@@ -352,6 +365,9 @@ impl<S: Store> Broker for VirtualBroker<S> {
     }
 
     async fn close(&self) -> Result<(), BrokerError> {
+        if tokio::time::timeout(ACK_FLUSH_WAIT, self.acks.flushed()).await.is_err() {
+            tracing::warn!("acks still unwritten after {ACK_FLUSH_WAIT:?}; those tasks may be delivered again");
+        }
         let held: Vec<(u64, Reserved)> = self.reserved().drain().collect();
         for (_, reserved) in held {
             tracing::info!(queue = %reserved.queue, "returning unstarted message to its queue");
