@@ -88,6 +88,8 @@ async fn keys_follow_kombu_with_a_global_prefix() {
     assert_eq!(indexed.len(), 1);
 
     broker.ack(&got[0]).await.unwrap();
+    // The ack is written in the background; closing waits for it.
+    broker.close().await.unwrap();
     let left: usize = t.conn.hlen(format!("{p}unacked")).await.unwrap();
     assert_eq!(left, 0);
     t.cleanup().await;
