@@ -158,6 +158,8 @@ pub struct FileConfig {
     pub result_expires: Option<u64>,
     pub log_format: Option<String>,
     pub http: Option<String>,
+    pub inline_below: Option<u64>,
+    pub io_threads: Option<u16>,
     #[serde(default)]
     pub broker_transport_options: HashMap<String, toml::Value>,
 }

@@ -72,6 +72,18 @@ fn a_worker_with_two_io_threads_runs_every_task() {
     let out = sandbox.run(&["worker", "--io-threads", "0"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--io-threads"), "{}", stderr(&out));
+
+    // The config file's key, checked as the flag is.
+    let config = sandbox.path().join("celeriac.toml");
+    std::fs::write(&config, "io_threads = 2\n").unwrap();
+    let config = config.to_str().unwrap();
+    let from_file = sandbox.worker(&["--config", config]);
+    assert_eq!(threads_named(from_file.child.id(), "celeriac-io"), 2);
+    drop(from_file);
+    std::fs::write(config, "io_threads = 0\n").unwrap();
+    let out = sandbox.run(&["worker", "--config", config]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("io_threads = 0"), "{}", stderr(&out));
 }
 
 /// How many threads of process `pid` bear `name`.

@@ -146,7 +146,11 @@ fn run_inner(cli: Cli) -> anyhow::Result<ExitCode> {
     // spawned first and lets its threads steal tasks, so the deliveries of one batch no
     // longer start in the order the broker gave them (priorities).
     let io_threads = match &cli.command {
-        Command::Worker(args) => usize::from(args.io_threads.unwrap_or(1)),
+        Command::Worker(args) => match args.io_threads.or(file.io_threads).unwrap_or(1) {
+            // The flag's range, which clap checks for the flag and the environment only.
+            threads @ 1..=64 => usize::from(threads),
+            threads => anyhow::bail!("io_threads = {threads} in the config file: give 1 to 64"),
+        },
         _ => 1,
     };
     let runtime = if io_threads == 1 {

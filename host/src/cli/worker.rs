@@ -137,7 +137,7 @@ pub async fn run(common: &CommonArgs, file: &FileConfig, args: WorkerArgs) -> an
     };
 
     let mut runtime = Runtime::new(concurrency, default_cache_dir())?;
-    if let Some(micros) = args.inline_below {
+    if let Some(micros) = args.inline_below.or(file.inline_below) {
         runtime = runtime.with_inline_below(std::time::Duration::from_micros(micros));
     }
     let runtime = Arc::new(runtime);
