@@ -43,6 +43,9 @@ use crate::protocol::{DeliveryInfo, Message, Properties};
 struct Live {
     connection: Connection,
     channel: Channel,
+    /// The frame size this connection asked for: what its consumers report a frame too
+    /// large against (the broker's `frame_max` may have been raised since it opened).
+    frame_max: u32,
 }
 
 /// Most acks written in one go.
@@ -252,9 +255,8 @@ impl AmqpBroker {
 
     /// A new connection and channel, consuming what the worker consumes.
     async fn open_live(&self) -> Result<Live, BrokerError> {
-        let connection = amqp_connect::connect(&self.url, self.frame_max.get())
-            .await
-            .map_err(op)?;
+        let frame_max = self.frame_max.get();
+        let connection = amqp_connect::connect(&self.url, frame_max).await.map_err(op)?;
         let channel = connection.create_channel().await.map_err(op)?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -278,9 +280,14 @@ impl AmqpBroker {
             for queue in &queues {
                 self.declare_on(&channel, queue).await?;
             }
-            self.consume_on(&channel, &queues, prefetch, generation).await?;
+            self.consume_on(&channel, &queues, prefetch, generation, frame_max)
+                .await?;
         }
-        Ok(Live { connection, channel })
+        Ok(Live {
+            connection,
+            channel,
+            frame_max,
+        })
     }
 
     /// A channel of its own on the broker's connection (re-opened if it died), for remote
@@ -303,6 +310,7 @@ impl AmqpBroker {
         queues: &[String],
         prefetch: u16,
         generation: u64,
+        frame_max: u32,
     ) -> Result<(), BrokerError> {
         if prefetch == 0 {
             return Ok(());
@@ -312,13 +320,20 @@ impl AmqpBroker {
             .await
             .map_err(op)?;
         for queue in queues {
-            self.start_consumer(channel, queue, generation).await?;
+            self.start_consumer(channel, queue, generation, frame_max).await?;
         }
         Ok(())
     }
 
-    /// Forward the deliveries of `queue` to the inbox, tagged with the channel's generation.
-    async fn start_consumer(&self, channel: &Channel, queue: &str, generation: u64) -> Result<(), BrokerError> {
+    /// Forward the deliveries of `queue` to the inbox, tagged with the channel's generation;
+    /// `asked` is the frame size of the channel's connection.
+    async fn start_consumer(
+        &self,
+        channel: &Channel,
+        queue: &str,
+        generation: u64,
+        asked: u32,
+    ) -> Result<(), BrokerError> {
         let consumer = channel
             .basic_consume(
                 queue.into(),
@@ -332,9 +347,10 @@ impl AmqpBroker {
             .insert(queue.to_owned(), consumer.tag().as_str().to_owned());
         let inbox = self.inbox_sender.clone();
         let queue = queue.to_owned();
-        // The size this connection asked for: it changes only after a frame too large,
-        // which also ends the connection and this consumer.
-        let (frame_max, asked) = (self.frame_max.clone(), self.frame_max.get());
+        // Not the broker's current size: a connection opened while another consumer was
+        // raising it asked for the old one, and reporting against the new one raised it
+        // twice (two reconnects where one does).
+        let frame_max = self.frame_max.clone();
         tokio::spawn(async move {
             let mut consumer = consumer;
             while let Some(delivery) = consumer.next().await {
@@ -509,7 +525,13 @@ impl Broker for AmqpBroker {
         };
         self.declare_on(&channel, queue).await?;
         let generation = lock(&self.acks).generation;
-        self.consume_on(&channel, &[queue.to_owned()], prefetch, generation)
+        let asked = self
+            .live
+            .lock()
+            .await
+            .as_ref()
+            .map_or(self.frame_max.get(), |live| live.frame_max);
+        self.consume_on(&channel, &[queue.to_owned()], prefetch, generation, asked)
             .await
     }
 
@@ -537,7 +559,12 @@ impl Broker for AmqpBroker {
         };
         let live = self.live.lock().await;
         // Without a live channel, the next one is consumed with the new window.
-        let Some(Live { connection, channel }) = live.as_ref() else {
+        let Some(Live {
+            connection,
+            channel,
+            frame_max,
+        }) = live.as_ref()
+        else {
             return Ok(());
         };
         answered("resizing the prefetch window", Some(connection), async {
@@ -552,7 +579,7 @@ impl Broker for AmqpBroker {
                 self.hand_back_waiting().await;
             }
             let generation = lock(&self.acks).generation;
-            self.consume_on(channel, &queues, size, generation).await
+            self.consume_on(channel, &queues, size, generation, *frame_max).await
         })
         .await
     }
