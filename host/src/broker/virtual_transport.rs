@@ -319,7 +319,7 @@ impl<S: Store> Broker for VirtualBroker<S> {
         let reserved = self.release(delivery.tag)?;
         // Not awaited: the task's reservation then goes at once, and the worker takes the
         // next messages while the ack is written, as kombu's AMQP acks are sent and not
-        // confirmed (Redis drains of 30,000 `math.add`, 8 rounds: +7.4% a round).
+        // confirmed (Redis drains of 30,000 `math.add`, 8 rounds: +6.3% a round, ahead in 6).
         Ok(self.acks.send(reserved.store_tag)?)
     }
 
