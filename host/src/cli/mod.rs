@@ -142,9 +142,9 @@ fn run_inner(cli: Cli) -> anyhow::Result<ExitCode> {
     // Guests run on executor threads of their own (worker::executor), short ones in place
     // (runtime::inline). Broker and backend I/O, the worker loop included, runs on one
     // thread unless a worker is given more (`--io-threads`, README "Speed"): a second
-    // drained Redis faster on 2 cores, but a multi-thread runtime starts the last task
-    // spawned first and lets its threads steal tasks, so the deliveries of one batch no
-    // longer start in the order the broker gave them (priorities).
+    // drained Redis faster on 2 cores. A multi-thread runtime starts the last task spawned
+    // first and lets its threads steal tasks, so the worker loop receives each delivery and
+    // queues it for a slot before it spawns its handler (worker/task.rs, `receive`).
     let io_threads = match &cli.command {
         Command::Worker(args) => match args.io_threads.or(file.io_threads).unwrap_or(1) {
             // The flag's range, which clap checks for the flag and the environment only.

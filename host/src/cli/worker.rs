@@ -86,8 +86,7 @@ pub struct WorkerArgs {
     #[arg(long, env = "CELERIAC_INLINE_BELOW")]
     pub inline_below: Option<u64>,
     /// Threads for broker and backend I/O and short tasks run in place (default 1). More
-    /// drain a Redis queue faster on a busy worker, but the tasks of one batch may then
-    /// start out of order, priorities included (README, "Speed").
+    /// drain a Redis queue faster on a busy worker (README, "Speed").
     #[arg(long, env = "CELERIAC_IO_THREADS", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub io_threads: Option<u16>,
 }

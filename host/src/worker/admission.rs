@@ -17,11 +17,14 @@
 //! [`LOOKAHEAD_WAIT`] is handed back.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 
 /// How long a reserved message may wait for a slot, and how old a running task may be
 /// while the worker still reserves messages ahead of free slots.
@@ -32,6 +35,39 @@ pub const LOOKAHEAD_WAIT: Duration = Duration::from_secs(1);
 pub struct Admission {
     pub reservation: OwnedSemaphorePermit,
     pub slot: Option<OwnedSemaphorePermit>,
+}
+
+/// What a message admitted without a slot holds towards one.
+pub enum Slot {
+    /// A free slot, taken when the message was admitted.
+    Free(OwnedSemaphorePermit),
+    /// A place in the queue for slots ([`Gate::queue_for_slot`]).
+    Queued(Place),
+}
+
+type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
+
+/// A place in the queue for slots. The slot semaphore serves its waiters in the order
+/// they first asked; a place keeps that order however late its handler first asks.
+pub struct Place(PlaceState);
+
+enum PlaceState {
+    Waiting(Acquire),
+    /// A slot was free when the place was taken.
+    Served(OwnedSemaphorePermit),
+    /// The semaphore is closed (it never is while the worker runs).
+    Closed,
+}
+
+impl Place {
+    /// `None` if the semaphore is closed.
+    async fn slot(self) -> Option<OwnedSemaphorePermit> {
+        match self.0 {
+            PlaceState::Waiting(acquire) => acquire.await.ok(),
+            PlaceState::Served(slot) => Some(slot),
+            PlaceState::Closed => None,
+        }
+    }
 }
 
 /// How often a worker whose executors are all held by old tasks looks for an idle one.
@@ -99,10 +135,28 @@ impl Gate {
         self.slots.clone().try_acquire_owned().ok()
     }
 
-    /// Wait for a slot with an idle executor behind it (not a standby).
-    async fn idle_slot(&self) -> Option<OwnedSemaphorePermit> {
+    /// Take a place in the queue for slots now, for a message that will ask for one soon.
+    /// The worker loop does this in the order the broker gave the messages: their
+    /// handlers may first run in another order (`--io-threads`), and would ask in that one.
+    pub fn queue_for_slot(&self) -> Slot {
+        let mut acquire: Acquire = Box::pin(self.slots.clone().acquire_owned());
+        // Polled once to join the semaphore's queue; the handler polls it again with its
+        // own waker, which replaces this one, and finds a slot given meanwhile.
+        match acquire.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(slot)) => Slot::Queued(Place(PlaceState::Served(slot))),
+            Poll::Ready(Err(_)) => Slot::Queued(Place(PlaceState::Closed)),
+            Poll::Pending => Slot::Queued(Place(PlaceState::Waiting(acquire))),
+        }
+    }
+
+    /// Wait for a slot with an idle executor behind it (not a standby), from `place` on
+    /// if the message has one.
+    async fn idle_slot(&self, mut place: Option<Place>) -> Option<OwnedSemaphorePermit> {
         loop {
-            let slot = self.slots.clone().acquire_owned().await.ok()?;
+            let slot = match place.take() {
+                Some(place) => place.slot().await?,
+                None => self.slots.clone().acquire_owned().await.ok()?,
+            };
             if self.slots.available_permits() >= self.concurrency() || self.lookahead_allowed() {
                 return Some(slot);
             }
@@ -117,7 +171,7 @@ impl Gate {
         let slot = match self.try_slot() {
             Some(slot) => Some(slot),
             None if self.lookahead_allowed() => None,
-            None => Some(self.idle_slot().await?),
+            None => Some(self.idle_slot(None).await?),
         };
         Some(Admission { reservation, slot })
     }
@@ -141,10 +195,16 @@ impl Gate {
         })
     }
 
-    /// A slot for a message admitted without one; `None` if it waited [`LOOKAHEAD_WAIT`]
-    /// in vain (hand the message back).
-    pub async fn slot(&self) -> Option<OwnedSemaphorePermit> {
-        tokio::time::timeout(LOOKAHEAD_WAIT, self.idle_slot()).await.ok()?
+    /// The message's slot: the free one it holds, or one that frees up within
+    /// [`LOOKAHEAD_WAIT`], waited for from its place if it has one; `None` if it waited in
+    /// vain (hand the message back).
+    pub async fn slot(&self, held: Option<Slot>) -> Option<OwnedSemaphorePermit> {
+        let place = match held {
+            Some(Slot::Free(slot)) => return Some(slot),
+            Some(Slot::Queued(place)) => Some(place),
+            None => None,
+        };
+        tokio::time::timeout(LOOKAHEAD_WAIT, self.idle_slot(place)).await.ok()?
     }
 
     /// How many messages the worker holds now (waiting, running or being reported).
@@ -274,5 +334,30 @@ mod tests {
         held.pop();
         let third = tokio::time::timeout(Duration::from_secs(5), gate.admit()).await;
         assert!(third.expect("a reservation came free").is_some());
+    }
+
+    #[tokio::test]
+    async fn places_in_the_queue_for_slots_are_served_in_the_order_taken() {
+        let gate = Arc::new(Gate::new(1, 8));
+        let mut taken: Vec<_> = (0..2).map(|_| gate.try_admit().expect("room").slot).collect();
+        assert!(taken.iter().all(Option::is_some), "both slots were free");
+        let places: Vec<Slot> = (0..3).map(|_| gate.queue_for_slot()).collect();
+        // Their handlers first ask in the reverse order.
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let mut handlers = Vec::new();
+        for (index, place) in places.into_iter().enumerate().rev() {
+            let (gate, served) = (gate.clone(), served.clone());
+            handlers.push(tokio::spawn(async move {
+                let slot = gate.slot(Some(place)).await.expect("a slot within the wait");
+                served.lock().unwrap().push(index);
+                drop(slot); // to the next in the queue
+            }));
+            tokio::task::yield_now().await;
+        }
+        taken.pop();
+        for handler in handlers {
+            handler.await.unwrap();
+        }
+        assert_eq!(*served.lock().unwrap(), [0, 1, 2]);
     }
 }

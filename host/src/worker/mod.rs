@@ -341,22 +341,32 @@ impl Worker {
                     continue;
                 }
                 // Only this loop admits messages, and `room` counted them.
-                let Some(admission) = first.take().or_else(|| shared.gate.try_admit()) else {
+                let Some(admission::Admission { reservation, slot }) = first.take().or_else(|| shared.gate.try_admit())
+                else {
                     self.broker.reject(&delivery, true).await?;
                     continue;
                 };
                 if !lone {
                     delivery.release_deferred_writes();
                 }
+                // Received, and queued for a slot, here in the broker's order (priorities).
+                let received = task::receive(&shared, &delivery);
+                let slot = match slot {
+                    Some(slot) => Some(admission::Slot::Free(slot)),
+                    None if received.as_ref().is_some_and(task::wants_slot_at_once) => {
+                        Some(shared.gate.queue_for_slot())
+                    }
+                    None => None,
+                };
                 let shared = shared.clone();
                 // Boxed: the handler's state machine is ~5.6 KB, and tokio moves an unboxed
                 // future by value several times on spawn and when it finishes.
                 tokio::spawn(Box::pin(async move {
-                    task::handle(&shared, delivery, admission.slot).await;
+                    task::handle(&shared, delivery, received, slot).await;
                     // Before the reservation goes, so that a lone task's hold never ends
                     // on an earlier task's let-go.
                     shared.lead.let_go();
-                    drop(admission.reservation);
+                    drop(reservation);
                 }));
             }
             if lone {

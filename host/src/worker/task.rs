@@ -9,22 +9,32 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use serde_json::Map;
-use tokio::sync::OwnedSemaphorePermit;
-
 use super::Shared;
 use super::{admission, chord, events, redelivery, report};
 use crate::broker::Delivery;
 use crate::protocol::{ExceptionInfo, State, TaskRequest, TaskResult};
-use crate::runtime::Invocation;
+use crate::runtime::{Invocation, PluginVersion};
+use chrono::Utc;
+use serde_json::Map;
 
 /// How long a redelivered message waits before going back to the queue when the result
 /// backend cannot be reached (so an outage does not spin the worker).
 const BACKEND_DOWN_PAUSE: Duration = Duration::from_secs(1);
 
-/// `slot` is the free slot the message was admitted with, if there was one.
-pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: Option<OwnedSemaphorePermit>) {
+/// A delivery decoded and announced ("received"), on its way to its handler.
+pub(super) struct Received {
+    request: Arc<TaskRequest>,
+    /// It may have run before (see `redelivery`).
+    may_repeat: bool,
+    plugin: Option<Arc<PluginVersion>>,
+    arrived: Instant,
+}
+
+/// Decode a delivery and announce it; `None` if it is malformed (logged here, rejected by
+/// its handler). The worker loop calls this before it spawns the handler, so that tasks
+/// are received in the order the broker gave them: a multi-thread runtime (`--io-threads`)
+/// does not start spawned handlers in order.
+pub(super) fn receive(shared: &Shared, delivery: &Delivery) -> Option<Received> {
     shared.load.message_size.record(delivery.message.body.len() as u64);
     let mut request = match TaskRequest::decode(&delivery.message) {
         Ok(request) => request,
@@ -36,15 +46,10 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
                 .and_then(|v| v.as_str())
                 .unwrap_or("?");
             tracing::error!(queue = %delivery.queue, task_id = %id, error = %err, "rejecting malformed message");
-            report::settle(shared, &delivery, report::Settle::Reject { requeue: false }).await;
-            return;
+            return None;
         }
     };
-    let may_repeat = redelivery::may_repeat(&delivery, &mut request);
-    // Shared with the tracker, which shows it to `inspect` while the task is held.
-    let request = Arc::new(request);
-    let arrived = Instant::now();
-    let tracked = shared.tracker.hold(&delivery, &request);
+    let may_repeat = redelivery::may_repeat(delivery, &mut request);
     let (id, name) = (request.id.as_str(), request.name.as_str());
     let plugin = shared.runtime.registry.lookup(name);
     let plugin_name = plugin.as_ref().map_or("", |p| p.name.as_str());
@@ -52,6 +57,41 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
     shared
         .events
         .task("task-received", id, || events::received_fields(&request));
+    Some(Received {
+        request: Arc::new(request),
+        may_repeat,
+        plugin,
+        arrived: Instant::now(),
+    })
+}
+
+/// Whether a received task goes straight for a slot: it has no ETA to wait for and no
+/// earlier run to look up first, so a place in the queue for slots may be taken for it now.
+pub(super) fn wants_slot_at_once(received: &Received) -> bool {
+    !received.may_repeat && received.request.eta.is_none()
+}
+
+/// `slot` is the free slot the message was admitted with, or its place in the queue for
+/// one, if it has either.
+pub(super) async fn handle(
+    shared: &Arc<Shared>,
+    delivery: Delivery,
+    received: Option<Received>,
+    mut slot: Option<admission::Slot>,
+) {
+    let Some(Received {
+        request,
+        may_repeat,
+        plugin,
+        arrived,
+    }) = received
+    else {
+        report::settle(shared, &delivery, report::Settle::Reject { requeue: false }).await;
+        return;
+    };
+    let tracked = shared.tracker.hold(&delivery, &request);
+    let (id, name) = (request.id.as_str(), request.name.as_str());
+    let plugin_name = plugin.as_ref().map_or("", |p| p.name.as_str());
 
     if may_repeat && Box::pin(skip_if_finished(shared, &delivery, &request, plugin_name)).await {
         return;
@@ -131,9 +171,9 @@ pub(super) async fn handle(shared: &Arc<Shared>, delivery: Delivery, mut slot: O
     // A slot, unless none frees up in time (the message goes back to the broker for an
     // idle worker) or the worker is stopping (it goes back unstarted).
     let slot = match slot {
-        Some(slot) => slot,
-        None => tokio::select! {
-            slot = shared.gate.slot() => match slot {
+        Some(admission::Slot::Free(slot)) => slot,
+        waiting => tokio::select! {
+            slot = shared.gate.slot(waiting) => match slot {
                 Some(slot) => slot,
                 None => {
                     tracing::debug!(task_id = %request.id, "no free slot in time; handing the message back");
