@@ -9,13 +9,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chrono::Utc;
+use serde_json::Map;
+
 use super::Shared;
 use super::{admission, chord, events, redelivery, report};
 use crate::broker::Delivery;
 use crate::protocol::{ExceptionInfo, State, TaskRequest, TaskResult};
 use crate::runtime::{Invocation, PluginVersion};
-use chrono::Utc;
-use serde_json::Map;
 
 /// How long a redelivered message waits before going back to the queue when the result
 /// backend cannot be reached (so an outage does not spin the worker).
@@ -23,6 +24,7 @@ const BACKEND_DOWN_PAUSE: Duration = Duration::from_secs(1);
 
 /// A delivery decoded and announced ("received"), on its way to its handler.
 pub(super) struct Received {
+    /// Shared with the tracker, which shows it to `inspect` while the task is held.
     request: Arc<TaskRequest>,
     /// It may have run before (see `redelivery`).
     may_repeat: bool,
@@ -65,10 +67,11 @@ pub(super) fn receive(shared: &Shared, delivery: &Delivery) -> Option<Received> 
     })
 }
 
-/// Whether a received task goes straight for a slot: it has no ETA to wait for and no
-/// earlier run to look up first, so a place in the queue for slots may be taken for it now.
+/// Whether a received task goes straight for a slot: it has a plugin to run (the built-in
+/// chord unlock only does I/O), no ETA to wait for and no earlier run to look up first, so
+/// a place in the queue for slots may be taken for it now.
 pub(super) fn wants_slot_at_once(received: &Received) -> bool {
-    !received.may_repeat && received.request.eta.is_none()
+    received.plugin.is_some() && !received.may_repeat && received.request.eta.is_none()
 }
 
 /// `slot` is the free slot the message was admitted with, or its place in the queue for
